@@ -1,0 +1,14 @@
+"""Registers the built-in stages and sinks with a registry."""
+
+from __future__ import annotations
+
+from engine.registry import Registry
+
+
+def register_builtins(registry: Registry) -> None:
+    """Add every stage and sink shipped with the engine."""
+    from engine.pipeline import stages
+    from engine.sinks import file
+
+    stages.register(registry)
+    file.register(registry)
