@@ -254,16 +254,42 @@ class Stage(Protocol):
     def process(self, exchange: Exchange) -> Exchange | None: ...
 
 
+class NotAttempted:
+    """Marker in `Sink.deliver_many` results: the sink stopped before this exchange."""
+
+    _instance: NotAttempted | None = None
+
+    def __new__(cls) -> NotAttempted:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_ATTEMPTED"
+
+
+NOT_ATTEMPTED = NotAttempted()
+
+#: One result per exchange: None = delivered, an EngineError = failed, NOT_ATTEMPTED.
+DeliveryResult = EngineError | NotAttempted | None
+
+
 class Sink(Protocol):
     """A delivery target. The runner owns retries; a sink only classifies failures.
 
-    `deliver` must be idempotent: the runner may call it again for a message it already
-    delivered (after a crash between delivery and the store update). Raise
-    TransientError to be retried with backoff, PermanentError to dead-letter.
+    Delivery must be idempotent: the runner may hand a message again that the sink
+    already delivered (after a crash between delivery and the store update).
+
+    `deliver_many` receives exchanges in the channel's order and returns one result per
+    exchange, in the same order: None when delivered, a PermanentError (the message is
+    dead-lettered; the sink goes on with the next one), or a TransientError (retried with
+    backoff). At the first TransientError the sink stops: every later exchange gets
+    NOT_ATTEMPTED, so nothing overtakes a message that will be retried. Any other
+    exception escaping is treated by the runner as transient for the whole batch.
     """
 
     name: str
 
     async def start(self) -> None: ...
-    async def deliver(self, exchange: Exchange) -> None: ...
+    async def deliver_many(self, exchanges: Sequence[Exchange]) -> list[DeliveryResult]: ...
     async def close(self) -> None: ...

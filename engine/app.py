@@ -1,0 +1,291 @@
+"""Wiring and start/stop order. No logic of its own beyond the lifecycle.
+
+Start: store (open, recover) -> sinks -> runners -> listeners -> admin, ready.
+Stop:  not ready -> stop accepting -> finish in-flight frames and their ACKs ->
+       drain runners -> close sinks -> close store. Past the deadline the rest is
+       cancelled, and the log says duplicates are possible (work that was delivered
+       but not yet marked done is delivered again after restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from engine import __version__
+from engine.admin import AdminServer
+from engine.config.models import ChannelConfig, EngineConfig
+from engine.mllp.server import MllpLimits, MllpServer
+from engine.mllp.tls import server_context
+from engine.obs import metrics
+from engine.pipeline.intake import Acceptance, Intake, IntakeSettings
+from engine.pipeline.runner import RetryPolicy, Runner
+from engine.registry import BuildContext, Registry, default_registry
+from engine.store.factory import open_store
+from engine.types import Sink, Stage, Store
+
+log = structlog.get_logger("hl7engine.app")
+
+_GAUGE_INTERVAL_S = 2.0
+
+
+@dataclass(slots=True)
+class ChannelRuntime:
+    config: ChannelConfig
+    stages: list[Stage]
+    sinks: list[Sink]
+    runner: Runner
+    intake: Intake
+    server: MllpServer
+    state: str = "starting"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def build_stages(channel: ChannelConfig, registry: Registry, ctx: BuildContext) -> list[Stage]:
+    stages: list[Stage] = []
+    for stage_config in channel.pipeline:
+        plugin = registry.stage(str(getattr(stage_config, "type")))  # noqa: B009 - plugin models all have `type`
+        assert plugin is not None, "config validation checks stage types"
+        stages.append(plugin.factory(stage_config, ctx))
+    return stages
+
+
+def build_sinks(channel: ChannelConfig, registry: Registry, ctx: BuildContext) -> list[Sink]:
+    sinks: list[Sink] = []
+    for sink_config in channel.sinks:
+        plugin = registry.sink(str(getattr(sink_config, "type")))  # noqa: B009
+        assert plugin is not None, "config validation checks sink types"
+        sinks.append(plugin.factory(sink_config, ctx))
+    return sinks
+
+
+def intake_settings(channel: ChannelConfig) -> IntakeSettings:
+    accept = channel.accept
+    return IntakeSettings(
+        channel=channel.name,
+        acceptance=Acceptance(
+            message_types=tuple(accept.message_types or ()),
+            processing_ids=tuple(accept.processing_ids or ()),
+            versions=tuple(accept.versions or ()),
+        ),
+        ack_mode=channel.ack,
+        mllp_release=channel.mllp_release,
+        charset_fallback=channel.charset_fallback,
+        ordering_field=channel.ordering.key if channel.ordering else None,
+        channel_version=channel.version,
+    )
+
+
+def retry_policy(channel: ChannelConfig) -> RetryPolicy:
+    r = channel.retry
+    return RetryPolicy(initial_s=r.initial_s, max_s=r.max_s, multiplier=r.multiplier,
+                       jitter=r.jitter, max_attempts=r.max_attempts)
+
+
+def split_hostport(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        self.registry = registry or default_registry()
+        self.store: Store = open_store(config.store)
+        self.channels: dict[str, ChannelRuntime] = {}
+        self.admin: AdminServer | None = None
+        self._ready = False
+        self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ admin backend
+
+    def is_ready(self) -> tuple[bool, dict[str, str]]:
+        checks = {"store": "ok" if self._ready else "not ready"}
+        for name, rt in self.channels.items():
+            checks[f"channel:{name}"] = rt.state
+        ready = self._ready and not self._draining and all(
+            rt.state == "running" for rt in self.channels.values())
+        return ready, checks
+
+    def channel_summaries(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": name,
+                "listen": rt.config.listen,
+                "port": rt.server.port,
+                "state": rt.state,
+                "version": rt.config.version,
+                "connections": rt.server.connections,
+                "sinks": [s.name for s in rt.sinks],
+                **rt.stats,
+            }
+            for name, rt in self.channels.items()
+        ]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        metrics.BUILD_INFO.info({"version": __version__})
+        metrics.READY.set(0)
+        await self.store.open()
+        recovered = await self.store.recover()
+        if recovered:
+            log.info("recovered_unfinished", count=recovered)
+        for channel in self.config.channels:
+            if not channel.enabled:
+                continue
+            self.channels[channel.name] = self._build_channel(channel)
+        for rt in self.channels.values():
+            for sink in rt.sinks:
+                await sink.start()
+            rt.runner.start()
+        for rt in self.channels.values():
+            await rt.server.start()
+            rt.state = "running"
+            log.info("channel_listening", channel=rt.config.name, port=rt.server.port)
+        if self.config.admin is not None:
+            host, port = split_hostport(self.config.admin.listen)
+            self.admin = AdminServer(self.config.admin.listen, backend=self,
+                                     tokens=getattr(self.config.admin, "tokens", None))
+            await self.admin.start()
+            log.info("admin_listening", host=host, port=self.admin.port)
+        self._spawn(self._gauges_loop())
+        self._spawn(self._retention_loop())
+        self._ready = True
+        metrics.READY.set(1)
+        log.info("engine_ready", channels=len(self.channels))
+
+    def _build_channel(self, channel: ChannelConfig) -> ChannelRuntime:
+        ctx = BuildContext(channel=channel.name, config_dir=self.config.base_dir)
+        stages = build_stages(channel, self.registry, ctx)
+        sinks = build_sinks(channel, self.registry, ctx)
+        runner = Runner(channel.name, self.store, stages, sinks, retry=retry_policy(channel))
+        intake = Intake(intake_settings(channel), self.store, on_stored=runner.wake,
+                        stages=stages if channel.ack == "after_processing" else ())
+        host, port = split_hostport(channel.listen)
+        limits = channel.limits
+        tls = channel.tls
+        ssl_context = (
+            server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert) if tls is not None else None
+        )
+        server = MllpServer(
+            host,
+            port,
+            intake.handle,
+            limits=MllpLimits(
+                max_frame_bytes=limits.max_frame_bytes,
+                frame_timeout_s=limits.frame_timeout_s,
+                idle_timeout_s=limits.idle_timeout_s,
+                max_connections=limits.max_connections,
+                max_connections_per_peer=limits.max_connections_per_peer,
+            ),
+            ssl_context=ssl_context,
+            channel=channel.name,
+            allow=channel.allow or None,
+        )
+        return ChannelRuntime(channel, stages, sinks, runner, intake, server)
+
+    async def stop(self, deadline_s: float = 30.0) -> None:
+        """Graceful drain within `deadline_s`; forced after ¾ of it."""
+        started = time.monotonic()
+        self._draining = True
+        metrics.READY.set(0)
+        log.info("engine_stopping", deadline_s=deadline_s)
+        forced = False
+        for rt in self.channels.values():
+            rt.state = "draining"
+            await rt.server.stop_accepting()
+        budget = deadline_s * 0.75
+        for rt in self.channels.values():
+            remaining = max(0.1, budget - (time.monotonic() - started))
+            await rt.server.drain(remaining)
+        for rt in self.channels.values():
+            remaining = max(0.1, budget - (time.monotonic() - started))
+            if not await rt.runner.stop(remaining):
+                forced = True
+        if forced:
+            log.warning("engine_forced_stop",
+                        note="work in progress was cancelled; duplicates are possible after restart")
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for rt in self.channels.values():
+            for sink in rt.sinks:
+                with contextlib.suppress(Exception):
+                    await sink.close()
+            await rt.server.close()
+            rt.state = "stopped"
+        if self.admin is not None:
+            await self.admin.close()
+        await self.store.close()
+        self._ready = False
+        log.info("engine_stopped", seconds=round(time.monotonic() - started, 3))
+
+    async def run_until_signal(self) -> int:
+        """Run until SIGTERM/SIGINT, then drain. A second signal forces an immediate exit."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+        received: list[int] = []
+
+        def on_signal(signum: int) -> None:
+            received.append(signum)
+            if len(received) > 1:
+                log.warning("engine_forced_exit", note="second signal; duplicates are possible after restart")
+                raise SystemExit(1)
+            stop.set()
+
+        for sig in signals:
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await self.start()
+            await stop.wait()
+            await self.stop(self.config.shutdown_timeout_s)
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+        return 0
+
+    # ------------------------------------------------------------------ background
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _gauges_loop(self) -> None:
+        while True:
+            now = time.time()
+            for name, rt in self.channels.items():
+                try:
+                    stats = await self.store.stats(name)
+                except Exception as exc:
+                    log.error("stats_failed", channel=name, error_type=exc.__class__.__name__)
+                    continue
+                metrics.QUEUE_DEPTH.labels(name).set(stats.pending)
+                age = now - stats.oldest_pending_at if stats.oldest_pending_at else 0.0
+                metrics.QUEUE_OLDEST_AGE.labels(name).set(max(0.0, age))
+                metrics.DEAD_LETTERS.labels(name).set(stats.dead)
+                rt.stats = {"pending": stats.pending, "oldest_pending_age_s": round(max(0.0, age), 3),
+                            "dead": stats.dead}
+            await asyncio.sleep(_GAUGE_INTERVAL_S)
+
+    async def _retention_loop(self) -> None:
+        retention = self.config.store.retention
+        while True:
+            await asyncio.sleep(retention.prune_interval_s)
+            try:
+                removed = await self.store.prune(time.time() - retention.done_days * 86400)
+            except Exception as exc:
+                log.error("prune_failed", error_type=exc.__class__.__name__)
+                continue
+            if removed:
+                log.info("pruned", messages=removed)

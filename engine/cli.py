@@ -1,0 +1,221 @@
+"""The `hl7engine` command: run | validate | convert | send | messages | test.
+
+Exit codes: 0 ok; 1 a message failed (convert) or was refused (send: AE/AR/CE/CR);
+2 usage; 78 (EX_CONFIG) invalid configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from engine.types import ConfigError, EngineError
+
+EX_CONFIG = 78
+DEFAULT_CONFIG = Path("config/engine.yaml")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="hl7engine: an HL7 v2 interface engine (MLLP in, durable custody, FHIR out).",
+)
+messages_app = typer.Typer(no_args_is_help=True, help="Inspect, replay and release stored messages.")
+app.add_typer(messages_app, name="messages")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Engine config file.")]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"hl7engine: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _load(config_path: Path) -> Any:
+    from engine.config.loader import load_config
+
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        for finding in exc.findings:
+            typer.echo(finding, err=True)
+        raise typer.Exit(EX_CONFIG) from None
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    uvloop.install()
+
+
+@app.command()
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    log_level: Annotated[str | None, typer.Option(help="Override logging.level.")] = None,
+) -> None:
+    """Start the listeners, runners and admin API; SIGTERM/SIGINT drain gracefully."""
+    from engine.app import Engine
+    from engine.obs.logging import configure_logging
+
+    cfg = _load(config)
+    configure_logging(level=log_level or cfg.logging.level, fmt=cfg.logging.format,
+                      log_content=cfg.logging.log_content)
+    _use_uvloop()
+    engine = Engine(cfg)
+    try:
+        code = asyncio.run(engine.run_until_signal())
+    except ConfigError as exc:
+        for finding in exc.findings:
+            typer.echo(finding, err=True)
+        raise typer.Exit(EX_CONFIG) from None
+    except OSError as exc:
+        # e.g. a port already in use: say which, without a traceback.
+        raise _fail(f"cannot start: {exc.strerror or exc}", 1) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def validate(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Check a config (fields, references, environment); findings as file:line:col, exit 78 if invalid."""
+    from engine.config.validate import main_validate
+    from engine.registry import default_registry
+
+    raise typer.Exit(main_validate(config, default_registry()))
+
+
+@app.command()
+def convert(
+    file: Annotated[str, typer.Argument(help="A file of one or more messages, or - for stdin.")],
+    channel: Annotated[str, typer.Option("--channel", help="The channel whose stages to run.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Report fields present but not mapped.")] = False,
+    pretty: Annotated[bool, typer.Option(help="Indent the JSON (one Bundle per line otherwise).")] = False,
+) -> None:
+    """Run messages through a channel's stages without storing or sending; print one Bundle per line."""
+    from engine.conversion import ConversionFailed, convert_file
+
+    cfg = _load(config)
+    data = sys.stdin.buffer.read() if file == "-" else _read(file)
+    try:
+        for result in convert_file(cfg, channel, data):
+            if result.output is None:
+                typer.echo(f"message {result.index}: filtered by the channel", err=True)
+                continue
+            typer.echo(json.dumps(result.output, indent=2 if pretty else None, ensure_ascii=False))
+            if verbose and result.unmapped:
+                fields = ", ".join(f"{seg}-{fld}" for seg, fld in result.unmapped)
+                typer.echo(f"message {result.index}: present but not mapped: {fields}", err=True)
+    except ConversionFailed as exc:
+        raise _fail(str(exc)) from None
+    except EngineError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def send(
+    target: Annotated[str, typer.Argument(help="HOST:PORT of an MLLP listener.")],
+    files: Annotated[list[Path], typer.Argument(help="Files holding one or more messages each.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each ACK.")] = 30.0,
+    tls_ca: Annotated[Path | None, typer.Option(help="CA bundle: use TLS and verify the server.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate for mutual TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Client key for mutual TLS.")] = None,
+) -> None:
+    """Send messages over MLLP and print each ACK; exit 1 if any is AE/AR/CE/CR or missing."""
+    from engine.sending import send_files
+
+    try:
+        ok = asyncio.run(send_files(target, files, timeout=timeout, tls_ca=tls_ca, tls_cert=tls_cert,
+                                    tls_key=tls_key, out=typer.echo))
+    except (OSError, EngineError) as exc:
+        raise _fail(f"send failed: {exc}") from None
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command("test")
+def test_channels(
+    channel: Annotated[str | None, typer.Argument(help="Channel name; default all.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Run channel sample tests: samples/*.hl7 against *.expected.json (subset match)."""
+    from engine.conversion import run_samples
+
+    cfg = _load(config)
+    failures = run_samples(cfg, channel, out=typer.echo)
+    raise typer.Exit(1 if failures else 0)
+
+
+# ---------------------------------------------------------------------- messages
+
+
+@messages_app.command("list")
+def messages_list(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
+    status: Annotated[list[str] | None, typer.Option(help="received, processing, retry, done, filtered, dead, released.")] = None,
+    after_id: Annotated[int, typer.Option(help="Page after this id.")] = 0,
+    limit: Annotated[int, typer.Option(help="Page size.")] = 50,
+) -> None:
+    """List stored messages (metadata only, no content)."""
+    from engine.operator import list_messages
+
+    cfg = _load(config)
+    asyncio.run(list_messages(cfg, channel=channel, statuses=status, after_id=after_id, limit=limit,
+                              out=typer.echo))
+
+
+@messages_app.command("show")
+def messages_show(
+    message_id: int,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    unmask: Annotated[bool, typer.Option(help="Show patient data unmasked (audited).")] = False,
+) -> None:
+    """Show one message; field values are masked unless --unmask (every view is audited)."""
+    from engine.operator import show_message
+
+    cfg = _load(config)
+    if not asyncio.run(show_message(cfg, message_id, unmask=unmask, out=typer.echo)):
+        raise _fail(f"no message {message_id}")
+
+
+@messages_app.command("replay")
+def messages_replay(
+    message_ids: Annotated[list[int] | None, typer.Argument(help="Message ids.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    channel: Annotated[str | None, typer.Option(help="Replay every dead message of this channel.")] = None,
+) -> None:
+    """Put dead (or done) messages back in the queue; the running engine delivers them again."""
+    from engine.operator import replay_messages
+
+    cfg = _load(config)
+    count = asyncio.run(replay_messages(cfg, message_ids or [], channel=channel))
+    typer.echo(f"requeued {count} message(s)")
+
+
+@messages_app.command("release")
+def messages_release(
+    message_ids: Annotated[list[int], typer.Argument(help="Message ids.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+) -> None:
+    """Resolve dead letters without delivering them (kept, status `released`)."""
+    from engine.operator import release_messages
+
+    cfg = _load(config)
+    count = asyncio.run(release_messages(cfg, message_ids))
+    typer.echo(f"released {count} message(s)")
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+def main() -> None:
+    app(prog_name="hl7engine")

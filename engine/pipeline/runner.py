@@ -1,0 +1,253 @@
+"""The work half: one runner per channel leases stored messages and drives them
+through the channel's stages to its sinks.
+
+Delivery is at-least-once; sinks are idempotent so a redelivery changes nothing
+downstream. Order: the store never leases a message while an earlier one with the same
+ordering key is unfinished, and sinks stop at the first transient failure, so nothing
+overtakes a message that will be retried. One bad message never stops the channel:
+permanent failures are dead-lettered at once, transient ones after the retry policy
+is exhausted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from engine.obs import metrics
+from engine.types import (
+    NOT_ATTEMPTED,
+    EngineError,
+    Exchange,
+    MappingError,
+    PermanentError,
+    Sink,
+    Stage,
+    Status,
+    Store,
+    StoredMessage,
+    TransientError,
+)
+
+log = structlog.get_logger("hl7engine.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    initial_s: float = 1.0
+    max_s: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.2  # +/- fraction of the delay, so retries of many messages spread out
+    max_attempts: int = 10  # 0 = retry forever (a sink down for days keeps its backlog)
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        base = min(self.max_s, self.initial_s * self.multiplier ** max(0, attempts - 1))
+        spread = base * self.jitter
+        delay = base + random.uniform(-spread, spread)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.max_s))
+        return max(0.0, delay)
+
+    def exhausted(self, attempts: int) -> bool:
+        return self.max_attempts > 0 and attempts >= self.max_attempts
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A reason safe to store and show: our own errors carry PHI-free text by contract;
+    anything else is reduced to its type, since its text may quote message content."""
+    if isinstance(exc, EngineError):
+        return f"{exc.__class__.__name__}: {exc}"
+    return f"unexpected {exc.__class__.__name__}"
+
+
+class Runner:
+    """Leases and processes one channel's messages until stopped."""
+
+    def __init__(
+        self,
+        channel: str,
+        store: Store,
+        stages: Sequence[Stage],
+        sinks: Sequence[Sink],
+        *,
+        retry: RetryPolicy | None = None,
+        batch_size: int = 256,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        self.channel = channel
+        self._store = store
+        self._stages = list(stages)
+        self._sinks = list(sinks)
+        self._retry = retry or RetryPolicy()
+        self._batch_size = batch_size
+        self._idle_poll_s = idle_poll_s
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self.processed = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name=f"runner-{self.channel}")
+
+    def wake(self) -> None:
+        """Called by intake after a commit: new work is there."""
+        self._wake.set()
+
+    async def stop(self, timeout: float) -> bool:
+        """Finish the batch in hand, then stop. Returns False if it had to be cancelled."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return True
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if done:
+            return True
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return False
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                worked = await self.run_once()
+            except Exception as exc:  # the store failed; back off, never die
+                log.error("runner_error", channel=self.channel, error_type=exc.__class__.__name__)
+                metrics.STORE_ERRORS.labels("lease").inc()
+                await self._sleep(self._idle_poll_s)
+                continue
+            if not worked:
+                await self._sleep(await self._idle_wait())
+
+    async def _idle_wait(self) -> float:
+        due = await self._store.next_due(self.channel)
+        if due is None:
+            return self._idle_poll_s
+        return min(self._idle_poll_s, max(0.0, due - time.time()))
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        if self._stopping:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
+    # ------------------------------------------------------------------ work
+
+    async def run_once(self) -> bool:
+        """Lease and process one batch. Returns False when nothing was due."""
+        self._wake.clear()
+        batch = await self._store.lease(self.channel, self._batch_size, time.time())
+        if not batch:
+            return False
+        await self._process(batch)
+        return True
+
+    async def _process(self, batch: list[StoredMessage]) -> None:
+        exchanges: list[Exchange] = []
+        for message in batch:
+            exchange = await self._run_stages(message)
+            if exchange is not None:
+                exchanges.append(exchange)
+        if not exchanges:
+            return
+        failed: dict[int, BaseException] = {}
+        held_back: set[int] = set()
+        for sink in self._sinks:
+            pending = [
+                e for e in exchanges
+                if sink.name not in e.message.sinks_done and e.message.id not in failed
+                and e.message.id not in held_back
+            ]
+            if not pending:
+                continue
+            try:
+                results = await sink.deliver_many(pending)
+            except Exception as exc:  # a sink bug or an unclassified error: retry the batch
+                log.warning("sink_error", channel=self.channel, sink=sink.name,
+                            error_type=exc.__class__.__name__)
+                results = [TransientError(failure_reason(exc))] * len(pending)
+            now = time.time()
+            for exchange, result in zip(pending, results, strict=True):
+                message = exchange.message
+                if result is None:
+                    metrics.DELIVERIES.labels(self.channel, sink.name, "ok").inc()
+                    metrics.DELIVERY_LATENCY.labels(self.channel, sink.name).observe(
+                        max(0.0, now - message.received_at))
+                    if len(self._sinks) > 1:  # with one sink, `complete` records it
+                        await self._store.mark_sink_done(message.id, sink.name)
+                    message.sinks_done = message.sinks_done | {sink.name}
+                elif result is NOT_ATTEMPTED:
+                    held_back.add(message.id)
+                else:
+                    kind = "permanent" if isinstance(result, PermanentError) else "transient"
+                    metrics.DELIVERIES.labels(self.channel, sink.name, kind).inc()
+                    failed[message.id] = result  # type: ignore[assignment]
+        for exchange in exchanges:
+            message = exchange.message
+            if message.id in failed:
+                await self._fail(message, failed[message.id])
+            elif message.id in held_back:
+                continue
+            else:
+                await self._store.complete(message.id, Status.DONE)
+                metrics.PROCESSED.labels(self.channel, "done").inc()
+                self.processed += 1
+        if held_back:
+            await self._store.unlease(sorted(held_back))
+
+    async def _run_stages(self, message: StoredMessage) -> Exchange | None:
+        exchange: Exchange | None = Exchange(message=message, text=message.text())
+        for stage in self._stages:
+            assert exchange is not None
+            started = time.perf_counter()
+            try:
+                exchange = stage.process(exchange)
+            except Exception as exc:
+                # A mapper failure is a property of the message: retrying cannot help.
+                reason = failure_reason(exc)
+                if not isinstance(exc, (MappingError, PermanentError)):
+                    log.error("stage_failed", channel=self.channel, stage=stage.name,
+                              message_id=message.id, error_type=exc.__class__.__name__)
+                await self._dead(message, f"stage {stage.name}: {reason}")
+                return None
+            finally:
+                metrics.STAGE_LATENCY.labels(self.channel, stage.name).observe(
+                    time.perf_counter() - started)
+            if exchange is None:
+                await self._store.complete(message.id, Status.FILTERED)
+                metrics.PROCESSED.labels(self.channel, "filtered").inc()
+                self.processed += 1
+                return None
+            # Stages are CPU work on the event loop: let ACKs go out between messages.
+            await asyncio.sleep(0)
+        return exchange
+
+    async def _fail(self, message: StoredMessage, exc: BaseException) -> None:
+        reason = failure_reason(exc)
+        if isinstance(exc, PermanentError):
+            await self._dead(message, reason)
+            return
+        if self._retry.exhausted(message.attempts):
+            await self._dead(message, f"retries exhausted after {message.attempts} attempts: {reason}")
+            return
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        when = time.time() + self._retry.delay(message.attempts, retry_after)
+        await self._store.schedule_retry(message.id, reason, when)
+        metrics.PROCESSED.labels(self.channel, "retry").inc()
+        log.info("message_retry", channel=self.channel, message_id=message.id,
+                 attempts=message.attempts, reason=reason)
+
+    async def _dead(self, message: StoredMessage, reason: str) -> None:
+        await self._store.dead_letter(message.id, reason)
+        metrics.PROCESSED.labels(self.channel, "dead").inc()
+        self.processed += 1
+        log.warning("message_dead_lettered", channel=self.channel, message_id=message.id, reason=reason)

