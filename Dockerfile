@@ -5,6 +5,8 @@ COPY pyproject.toml README.md ./
 COPY engine ./engine
 COPY channels ./channels
 COPY bench ./bench
+# Installs this project; its dependencies carry lower bounds in pyproject.toml.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --prefix=/install ".[fast]"
 
 FROM python:3.11-slim
@@ -17,7 +19,7 @@ RUN useradd --system --create-home --home-dir /srv/hl7engine --uid 10001 hl7engi
 WORKDIR /srv/hl7engine
 COPY --chown=hl7engine:hl7engine config ./config
 COPY --chown=hl7engine:hl7engine channels ./channels
-USER hl7engine
+USER 10001
 # 2575: the sample channel's MLLP listener; 8081: /livez /readyz /metrics and the operator API.
 EXPOSE 2575 8081
 VOLUME ["/srv/hl7engine/data", "/srv/hl7engine/out"]

@@ -154,7 +154,7 @@ class Engine:
         if self.config.admin is not None:
             host, port = split_hostport(self.config.admin.listen)
             self.admin = AdminServer(self.config.admin.listen, backend=self,
-                                     tokens=getattr(self.config.admin, "tokens", None))
+                                     tokens=self.config.admin.token_roles() or None)
             await self.admin.start()
             log.info("admin_listening", host=host, port=self.admin.port)
         self._spawn(self._gauges_loop())

@@ -11,14 +11,14 @@ import getpass
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-import structlog
+from engine.obs.logging import audit_logger
 
 from engine.config.models import EngineConfig
-from engine.masking import mask_message
+from engine.obs.redact import mask_message
 from engine.store.factory import open_store
 from engine.types import MessageQuery, Status, Store, StoredMessage
 
-audit = structlog.get_logger("hl7engine.audit")
+audit = audit_logger()
 
 
 @asynccontextmanager

@@ -173,8 +173,10 @@ class StoredMessage:
     updated_at: float = 0.0
 
     def text(self) -> str:
-        """The message decoded with the charset chosen at intake (never raises)."""
-        return self.raw.decode(self.charset or "utf-8", errors="replace")
+        """The message text as intake decoded it (BOM and leading blanks dropped; never raises)."""
+        from engine.hl7.decode import decode_message
+
+        return decode_message(self.raw, fallback=self.charset or "utf-8").text
 
 
 @dataclass(frozen=True, slots=True)

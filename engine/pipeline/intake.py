@@ -138,8 +138,8 @@ class Intake:
             header = parse_header(decoded.text)
         except HeaderError as exc:
             await self._quarantine(payload, f"header: {exc}", received_at, conn)
-            error = AckError(exc.err_code, segment="MSH", text="Message header could not be read")
-            return self._answer(None, "R", error, decoded.codec)
+            # Echo whatever of MSH could be read, MSH-10 above all (MSA-2).
+            return self._answer(exc.partial, "R", exc.ack_error(), decoded.codec)
         if is_ack(header):
             return None  # an ACK is never acknowledged
         refusal = settings.acceptance.refusal(header)

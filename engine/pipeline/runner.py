@@ -12,10 +12,12 @@ is exhausted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -148,7 +150,14 @@ class Runner:
         batch = await self._store.lease(self.channel, self._batch_size, time.time())
         if not batch:
             return False
-        await self._process(batch)
+        try:
+            await self._process(batch)
+        except Exception:
+            # The store failed mid-batch: give unsettled messages back rather than leave
+            # them `processing` (which would block their ordering key until a restart).
+            with contextlib.suppress(Exception):
+                await self._store.unlease([m.id for m in batch if m.status is Status.PROCESSING])
+            raise
         return True
 
     async def _process(self, batch: list[StoredMessage]) -> None:
@@ -191,18 +200,19 @@ class Runner:
                     kind = "permanent" if isinstance(result, PermanentError) else "transient"
                     metrics.DELIVERIES.labels(self.channel, sink.name, kind).inc()
                     failed[message.id] = result  # type: ignore[assignment]
+        # Issued together so the store commits them in one transaction (one fsync).
+        updates: list[Coroutine[Any, Any, None]] = []
         for exchange in exchanges:
             message = exchange.message
             if message.id in failed:
-                await self._fail(message, failed[message.id])
-            elif message.id in held_back:
-                continue
-            else:
-                await self._store.complete(message.id, Status.DONE)
+                updates.append(self._fail(message, failed[message.id]))
+            elif message.id not in held_back:
+                updates.append(self._store.complete(message.id, Status.DONE))
                 metrics.PROCESSED.labels(self.channel, "done").inc()
                 self.processed += 1
         if held_back:
-            await self._store.unlease(sorted(held_back))
+            updates.append(self._store.unlease(sorted(held_back)))
+        await asyncio.gather(*updates)
 
     async def _run_stages(self, message: StoredMessage) -> Exchange | None:
         exchange: Exchange | None = Exchange(message=message, text=message.text())

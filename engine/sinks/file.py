@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.config.models import OutputFile
 from engine.registry import BuildContext, Registry
 from engine.types import DeliveryResult, Exchange, PermanentError, TransientError
 
@@ -34,7 +35,7 @@ class FileSinkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["file"]
-    path: str = Field(description="NDJSON output file; one Bundle per line. Relative to the working directory.")
+    path: OutputFile = Field(description="NDJSON output file; one Bundle per line. Relative to the working directory.")
     name: str | None = Field(default=None, description="Sink name for metrics and the store; default 'file'.")
     fsync: bool = Field(default=True, description="fsync after each batch (turn off only for throwaway output).")
 

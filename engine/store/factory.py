@@ -14,4 +14,5 @@ def open_store(config: StoreConfig) -> Store:
         raise ConfigError([f"store.url: PostgreSQL stores are not available in this version ({config.url.split(':', 1)[0]}://)"])
     from engine.store.sqlite import SQLiteStore
 
+    assert config.path is not None, "the config model requires path or url"
     return SQLiteStore(Path(config.path))

@@ -182,7 +182,7 @@ class TestNoPhi:
         from engine.obs.logging import configure_logging
 
         stream = io.StringIO()
-        configure_logging(level="debug", fmt="json", stream=stream)
+        configure_logging(level="debug", fmt="json", stream=stream, cache_loggers=False)
         try:
             engine = await make_engine()
             port = port_of(engine)

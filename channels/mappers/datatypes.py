@@ -1,0 +1,917 @@
+"""HL7 v2 datatype maps of the HL7 v2-to-FHIR IG (mappings/datatypes/*.csv) as functions.
+
+Every function takes already-split input (a ``v2.Repetition`` or leaf strings) and
+returns a plain JSON-ready dict (a FHIR element), or None when there is nothing to map.
+No fhir.resources objects here: validation is done once per Bundle (validate.py).
+
+Public API (``s`` is the channel's ``options.Settings``)::
+
+    # dates (TS / DTM / DT)
+    dtm_to_datetime(text, s) -> FhirDateTime | None      # .value, .original (set when precision was reduced)
+    ts_to_datetime(rep_or_text, s) -> FhirDateTime | None  # TS.1 (TS.2 degree of precision is ignored)
+    dtm_to_instant(text, s) -> str | None                # needs seconds and a known zone
+    dt_to_date(text) -> str | None                       # YYYY, YYYY-MM, YYYY-MM-DD (a time part is cut)
+    put_datetime(target, element, text, s) -> bool      # sets target[element] (+ "_element" originalText)
+    dr_to_period(rep, s) -> dict | None
+    # identifiers
+    hd_of(rep, component=None) -> HD                     # HD at a field or at a component (subcomponents)
+    hd_to_system(hd, s) -> str | None;  hd_to_uri(hd) -> str | None
+    hd_to_identifiers(hd) -> list[dict];  hd_to_organization(hd) -> dict | None
+    cx_to_identifier(rep, s) -> dict | None
+    ei_to_identifier(rep, s, start=1) -> dict | None     # EI at components start..start+3 (EIP uses 1 / 2)
+    dln_to_identifier(rep, s) -> dict | None
+    cwe_to_identifier(rep, s) -> list[dict]
+    # names, addresses, telecom
+    xpn_to_human_name(rep, s) -> dict | None;  xpn_called_by(rep) -> dict | None;  xpn_to_string(rep) -> str
+    xad_to_address(rep, s) -> dict | None
+    xtn_to_contact_point(rep, s, default_use=None) -> dict | None
+    # codes
+    cwe_to_codeable_concept(rep, s, concept_map=None, table=None) -> dict | None   # CE / CNE / CWE
+    cwe_to_coding(rep, s, concept_map=None, table=None) -> dict | None
+    code_of(rep_or_text, s, concept_map) -> str | None   # CWE[code] / ID[code] / IS[code] via a concept map
+    id_to_boolean(text) -> bool | None                   # table 0136 Y/N
+    # people and organisations
+    xcn_to_practitioner(rep, s) -> dict | None           # a Practitioner resource (no id)
+    xcn_to_related_person_fields(rep, s) -> dict         # identifier/name of XCN[RelatedPerson]
+    xon_to_organization(rep, s) -> dict | None           # an Organization resource (no id)
+    # values
+    nm_to_number(text) -> int | float | None;  sn_to_value(rep) -> tuple[str, dict] | None
+    cq_to_quantity(rep, s) -> dict | None;  st_value(rep) -> str
+
+Choices the IG leaves open (documented here, tested in tests/unit/test_mappers_datatypes.py):
+- Time zones: FHIR requires an offset on a dateTime with a time. A v2 time with an
+  offset keeps it. Without one, the channel's ``timezone`` option (IANA zone, DST-aware)
+  supplies it; when unset we never guess: the value drops to date precision and the v2
+  text is kept on the element as the ``originalText`` extension
+  (``"_birthDate": {"extension": [{"url": ".../originalText", "valueString": "19880517180606"}]}``).
+  Minute/hour precision is padded with ":00" seconds (FHIR needs seconds once a time is given).
+- Identifier system (IG CX.4 "determine whether organization or system"): the channel's
+  ``identifier_systems`` (by HD.1, then HD.2) wins; else HD.2 by HD.3 (ISO → urn:oid:,
+  UUID → urn:uuid:, URI/URL → as is); else a namespace-only HD.1 becomes
+  ``urn:id:<HD.1>`` with ``assigner.display`` = HD.1 (a stable system keeps conditional
+  updates exact, the LinuxForHealth convention); else ``identifier_systems[""]``.
+- Unknown CWE coding-system names (CWE.3) become ``urn:id:<name>`` too; known ones use
+  channels/vocab/CodingSystems.json (table 0396) or ``HL7nnnn`` → terminology.hl7.org.
+- XTN with a number and no XTN.3: ``system = phone`` (XTN.1 is by definition a telephone
+  number); XTN.4 without XTN.3: ``email`` (IG); neither: data-absent-reason (IG).
+- Coded fields with a concept map: the IG's FHIR coding comes first, the original v2
+  coding is kept after it when it differs (nothing is lost).
+- CX.6 (assigning facility): the IG's extension URL is unresolved ("extension??"), so CX.6
+  is not mapped. NM values become JSON numbers (trailing zeros are not kept).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple
+
+from channels.mappers.options import Settings
+from channels.mappers.v2 import Repetition
+from channels.mappers.vocab import v2_table_system
+
+SD = "http://hl7.org/fhir/StructureDefinition/"
+ORIGINAL_TEXT = SD + "originalText"
+DATA_ABSENT_REASON = SD + "data-absent-reason"
+V2_0203 = v2_table_system("0203")
+
+_DTM = re.compile(
+    r"^(\d{4})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:(\d{2})(?:\.(\d{1,4}))?)?)?)?)?)?"
+    r"([+-]\d{4})?$"
+)
+
+
+# ---------------------------------------------------------------- dates
+
+
+@dataclass(frozen=True, slots=True)
+class FhirDateTime:
+    """A FHIR dateTime and, when precision had to be reduced, the v2 text it came from."""
+
+    value: str
+    original: str | None = None
+
+    def primitive_extension(self) -> dict[str, Any] | None:
+        """The ``_element`` JSON for this value (originalText), or None."""
+        if self.original is None:
+            return None
+        return {"extension": [{"url": ORIGINAL_TEXT, "valueString": self.original}]}
+
+
+class _Parts(NamedTuple):
+    year: int
+    month: int | None
+    day: int | None
+    hour: int | None
+    minute: int | None
+    second: int | None
+    fraction: str
+    offset: str | None  # "+hhmm" / "-hhmm"
+
+
+def _parse_dtm(text: str) -> _Parts | None:
+    """Split a v2 DTM (HL7 v2.5 2.A.22: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]); None if invalid."""
+    match = _DTM.match(text.strip())
+    if not match:
+        return None
+    y, mo, d, h, mi, sec, frac, off = match.groups()
+    parts = _Parts(
+        int(y),
+        int(mo) if mo else None,
+        int(d) if d else None,
+        int(h) if h else None,
+        int(mi) if mi else None,
+        int(sec) if sec else None,
+        frac or "",
+        off,
+    )
+    try:
+        _as_datetime(parts)
+    except ValueError:
+        return None
+    if parts.year == 0:
+        return None
+    if off is not None:
+        oh, om = int(off[1:3]), int(off[3:5])
+        if oh > 14 or om > 59:
+            return None
+    return parts
+
+
+def _as_datetime(p: _Parts) -> datetime:
+    """A naive datetime of the parts (missing parts → their minimum; a leap second → :59)."""
+    return datetime(p.year, p.month or 1, p.day or 1, p.hour or 0, p.minute or 0, min(p.second or 0, 59))
+
+
+def _date_text(p: _Parts) -> str:
+    if p.month is None:
+        return f"{p.year:04d}"
+    if p.day is None:
+        return f"{p.year:04d}-{p.month:02d}"
+    return f"{p.year:04d}-{p.month:02d}-{p.day:02d}"
+
+
+def _offset_text(offset: str) -> str:
+    return f"{offset[:3]}:{offset[3:]}"
+
+
+def _zone_offset(p: _Parts, s: Settings | None) -> str | None:
+    if p.offset is not None:
+        return _offset_text(p.offset)
+    if s is None or s.timezone is None:
+        return None
+    delta = _as_datetime(p).replace(tzinfo=s.timezone).utcoffset() or timedelta(0)
+    minutes = int(delta.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def dtm_to_datetime(text: str, s: Settings | None = None) -> FhirDateTime | None:
+    """IG DTM[dateTime] row DTM.1 → $value: v2 DTM → FHIR dateTime, precision kept.
+
+    None when `text` is empty or not a valid DTM. See the module docstring for the
+    time-zone rule (no guessed zone, ever).
+    """
+    if not text:
+        return None
+    p = _parse_dtm(text)
+    if p is None:
+        return None
+    date = _date_text(p)
+    if p.hour is None or p.day is None:
+        return FhirDateTime(date)
+    offset = _zone_offset(p, s)
+    if offset is None:
+        return FhirDateTime(date, original=text.strip())
+    time = f"{p.hour:02d}:{p.minute or 0:02d}:{p.second or 0:02d}"
+    if p.fraction:
+        time += "." + p.fraction
+    return FhirDateTime(f"{date}T{time}{offset}")
+
+
+def ts_to_datetime(value: Repetition | str, s: Settings | None = None) -> FhirDateTime | None:
+    """IG TS[dateTime] row TS.1 → $value (DTM[DateTime]); TS.2 (degree of precision) is ignored."""
+    text = value if isinstance(value, str) else value.component(1)
+    return dtm_to_datetime(text, s)
+
+
+def dtm_to_instant(text: str, s: Settings | None = None) -> str | None:
+    """A FHIR instant (needs a full time and a zone); None when the v2 value cannot give one."""
+    result = dtm_to_datetime(text, s)
+    if result is None or result.original is not None or "T" not in result.value:
+        return None
+    return result.value
+
+
+def dt_to_date(text: str) -> str | None:
+    """IG DT → date: YYYY[MM[DD]]; a TS/DTM's time part is cut (PID-7 → birthDate)."""
+    if not text:
+        return None
+    p = _parse_dtm(text)
+    return None if p is None else _date_text(p)
+
+
+def put_datetime(target: dict[str, Any], element: str, text: str, s: Settings | None) -> bool:
+    """Set ``target[element]`` from a v2 DTM (plus ``_element`` originalText when needed).
+
+    Returns False when the text is not a valid DTM (nothing is set).
+    """
+    result = dtm_to_datetime(text, s)
+    if result is None:
+        return False
+    target[element] = result.value
+    ext = result.primitive_extension()
+    if ext is not None:
+        target["_" + element] = ext
+    return True
+
+
+def dr_to_period(rep: Repetition, s: Settings | None = None, start: int = 1) -> dict[str, Any] | None:
+    """IG DR[Period]: DR.1 → start, DR.2 → end (DTM[DateTime]); components from `start`."""
+    period: dict[str, Any] = {}
+    put_datetime(period, "start", rep.component(start), s)
+    put_datetime(period, "end", rep.component(start + 1), s)
+    return period or None
+
+
+def _period_from(rep: Repetition, s: Settings | None, start: int, end: int) -> dict[str, Any]:
+    period: dict[str, Any] = {}
+    put_datetime(period, "start", rep.component(start), s)
+    put_datetime(period, "end", rep.component(end), s)
+    return period
+
+
+# ---------------------------------------------------------------- HD and identifiers
+
+
+class HD(NamedTuple):
+    """Hierarchic designator: HD.1 namespace id, HD.2 universal id, HD.3 universal id type."""
+
+    namespace: str
+    universal_id: str
+    id_type: str
+
+    def __bool__(self) -> bool:
+        return bool(self.namespace or self.universal_id)
+
+
+def hd_of(rep: Repetition, component: int | None = None) -> HD:
+    """The HD of a whole field (components 1-3) or of one component (subcomponents 1-3)."""
+    if component is None:
+        return HD(rep.component(1), rep.component(2), rep.component(3))
+    return HD(rep.component(component, 1), rep.component(component, 2), rep.component(component, 3))
+
+
+def _universal_uri(universal_id: str, id_type: str) -> str | None:
+    kind = id_type.upper()
+    if not universal_id:
+        return None
+    if kind == "ISO":
+        return universal_id if universal_id.startswith("urn:oid:") else f"urn:oid:{universal_id}"
+    if kind == "UUID":
+        return universal_id if universal_id.startswith("urn:uuid:") else f"urn:uuid:{universal_id}"
+    if kind in ("URI", "URL") or universal_id.startswith(("http://", "https://", "urn:")):
+        return universal_id
+    return None
+
+
+def hd_to_uri(hd: HD) -> str | None:
+    """IG HD[uri]: HD.1 if valued, else HD.2 as urn:oid:/urn:uuid: by HD.3, else HD.2."""
+    if hd.namespace:
+        return hd.namespace
+    if hd.universal_id:
+        return _universal_uri(hd.universal_id, hd.id_type) or hd.universal_id
+    return None
+
+
+def hd_to_system(hd: HD, s: Settings | None) -> str | None:
+    """Identifier system for an assigning authority (rule in the module docstring)."""
+    systems = s.identifier_systems if s is not None else {}
+    if not hd:
+        return systems.get("") or None
+    for key in (hd.namespace, hd.universal_id):
+        if key and key in systems:
+            return systems[key]
+    uri = _universal_uri(hd.universal_id, hd.id_type)
+    if uri:
+        return uri
+    if hd.namespace:
+        if hd.namespace.startswith(("http://", "https://", "urn:")):
+            return hd.namespace
+        return "urn:id:" + _urn_safe(hd.namespace)
+    return None
+
+
+def _urn_safe(text: str) -> str:
+    return re.sub(r"\s+", "_", text.strip())
+
+
+def as_code(text: str) -> str:
+    """A FHIR ``code``: no leading/trailing whitespace and single inner spaces."""
+    return " ".join(text.split())
+
+
+def hd_to_identifiers(hd: HD) -> list[dict[str, Any]]:
+    """IG HD[Organization]/HD[Device] identifiers: HD.1 → [1].value; HD.2/HD.3 → [2] (type v2-0301)."""
+    out: list[dict[str, Any]] = []
+    if hd.namespace:
+        out.append({"value": hd.namespace})
+    if hd.universal_id:
+        ident: dict[str, Any] = {"value": hd.universal_id}
+        if hd.id_type:
+            ident["type"] = {"coding": [{"system": v2_table_system("0301"), "code": as_code(hd.id_type)}]}
+        if hd.id_type.upper() in ("ISO", "UUID"):
+            ident["system"] = "urn:ietf:rfc:3986"  # IG HD[Organization] row HD.3; value stays HD.2
+        out.append(ident)
+    return out
+
+
+def hd_to_organization(hd: HD) -> dict[str, Any] | None:
+    """IG HD[Organization]: an Organization identified by the HD (name = HD.1)."""
+    if not hd:
+        return None
+    org: dict[str, Any] = {"resourceType": "Organization", "identifier": hd_to_identifiers(hd)}
+    if hd.namespace:
+        org["name"] = hd.namespace
+    return org
+
+
+def _check_digit_extensions(check_digit: str, scheme: str) -> list[dict[str, Any]]:
+    """IG CX.2/CX.3 (XCN.11/12, XON.4/5) → identifier-checkDigit / namingsystem-checkDigit."""
+    ext = []
+    if check_digit:
+        ext.append({"url": SD + "identifier-checkDigit", "valueString": check_digit})
+    if scheme:
+        ext.append({"url": SD + "namingsystem-checkDigit", "valueString": scheme})
+    return ext
+
+
+def _identifier_type(code: str, s: Settings | None) -> dict[str, Any]:
+    code = as_code(code)
+    coding: dict[str, Any] = {"system": V2_0203, "code": code}
+    concept = s.vocab.lookup("IdentifierType", code) if s is not None else None
+    if concept is not None:
+        coding = {"system": concept.system or V2_0203, "code": concept.code}
+        if concept.display:
+            coding["display"] = concept.display
+    return {"coding": [coding]}
+
+
+def _assign(identifier: dict[str, Any], hd: HD, s: Settings | None) -> None:
+    system = hd_to_system(hd, s)
+    if system:
+        identifier["system"] = system
+    if hd.namespace and not _universal_uri(hd.universal_id, hd.id_type) and (
+        s is None or hd.namespace not in s.identifier_systems
+    ):
+        identifier["assigner"] = {"display": hd.namespace}
+
+
+def cx_to_identifier(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG CX[Identifier]: CX.1 → value; CX.2/CX.3 → check-digit extensions; CX.4 → system
+    (or assigner); CX.5 → type (v2-0203); CX.7/CX.8 → period. None when CX.1 is empty."""
+    value = rep.component(1)
+    if not value:
+        return None
+    ident: dict[str, Any] = {}
+    ext = _check_digit_extensions(rep.component(2), rep.component(3))
+    if ext:
+        ident["extension"] = ext
+    if rep.component(5):
+        ident["type"] = _identifier_type(rep.component(5), s)
+    _assign(ident, hd_of(rep, 4), s)
+    ident["value"] = value
+    period: dict[str, Any] = {}
+    start = dt_to_date(rep.component(7))
+    end = dt_to_date(rep.component(8))
+    if start:
+        period["start"] = start
+    if end:
+        period["end"] = end
+    if period:
+        ident["period"] = period
+    return ident
+
+
+def ei_to_identifier(rep: Repetition, s: Settings | None = None, start: int = 1) -> dict[str, Any] | None:
+    """IG EI[Identifier-System]: EI.1 → value; EI.2/EI.3/EI.4 (an HD) → system.
+
+    `start` is the component of EI.1 (EIP.1 = components 1-4 of a field holding EI).
+    """
+    value = rep.component(start)
+    if not value:
+        return None
+    ident: dict[str, Any] = {}
+    hd = HD(rep.component(start + 1), rep.component(start + 2), rep.component(start + 3))
+    _assign(ident, hd, s)
+    ident["value"] = value
+    return ident
+
+
+def dln_to_identifier(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG DLN[Identifier]: DLN.1 → value (type DL, v2-0203); DLN.2 (issuing state) → system;
+    DLN.3 → period.end."""
+    value = rep.component(1)
+    if not value:
+        return None
+    ident: dict[str, Any] = {"type": _identifier_type("DL", s)}
+    state = rep.component(2)
+    if state:
+        ident["system"] = (s.identifier_systems.get(state) if s else None) or "urn:id:" + _urn_safe(state)
+    ident["value"] = value
+    end = dt_to_date(rep.component(3))
+    if end:
+        ident["period"] = {"end": end}
+    return ident
+
+
+def cwe_to_identifier(rep: Repetition, s: Settings | None = None) -> list[dict[str, Any]]:
+    """IG CWE[Identifier]: (CWE.1, CWE.3), (CWE.4, CWE.6), (CWE.10, CWE.12) → value, system."""
+    out: list[dict[str, Any]] = []
+    for code_i, sys_i in ((1, 3), (4, 6), (10, 12)):
+        value = rep.component(code_i)
+        if not value:
+            continue
+        ident: dict[str, Any] = {}
+        system = _coding_system(rep.component(sys_i), s)
+        if system:
+            ident["system"] = system
+        ident["value"] = value
+        out.append(ident)
+    return out
+
+
+# ---------------------------------------------------------------- names, addresses, telecom
+
+
+def xpn_to_human_name(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG XPN[HumanName]: XPN.1 (FN.1) → family; XPN.2/XPN.3 → given; XPN.4/XPN.6/XPN.14 → suffix;
+    XPN.5 → prefix; XPN.7 → use (NameType); XPN.10 or XPN.12/XPN.13 → period;
+    XPN.11 → assembly-order extension. FN.2-FN.5 → family extensions."""
+    name: dict[str, Any] = {}
+    family = rep.component(1, 1)
+    if family:
+        name["family"] = family
+        fam_ext = []
+        for sub, url in (
+            (2, SD + "humanname-own-prefix"),
+            (3, SD + "humanname-own-name"),
+            (4, SD + "humanname-partner-prefix"),
+            (5, SD + "humanname-partner-name"),
+        ):
+            part = rep.component(1, sub)
+            if part:
+                fam_ext.append({"url": url, "valueString": part})
+        if fam_ext:
+            name["_family"] = {"extension": fam_ext}
+    given = [g for g in (rep.component(2), rep.component(3)) if g]
+    if given:
+        name["given"] = given
+    prefix = rep.component(5)
+    if prefix:
+        name["prefix"] = [prefix]
+    suffix = [x for x in (rep.component(4), rep.component(6), rep.component(14)) if x]
+    if suffix:
+        name["suffix"] = suffix
+    if not name:
+        return None
+    use_code = rep.component(7)
+    if use_code and s is not None:
+        concept = s.vocab.lookup("NameType", use_code)
+        if concept is not None and concept.code:
+            name["use"] = concept.code
+    period = _period_from(rep, s, 12, 13)
+    if not period:
+        period = dr_to_period_component(rep, 10, s) or {}
+    if period:
+        name["period"] = period
+    order = rep.component(11)
+    if order and s is not None:
+        concept = s.vocab.lookup("NameAssemblyOrder", order)
+        if concept is not None and concept.code:
+            name["extension"] = [{"url": SD + "humanname-assembly-order", "valueCode": concept.code}]
+    return name
+
+
+def dr_to_period_component(rep: Repetition, component: int, s: Settings | None) -> dict[str, Any] | None:
+    """A DR held in one component (start & end as subcomponents), e.g. XPN.10, XAD.12."""
+    period: dict[str, Any] = {}
+    put_datetime(period, "start", rep.component(component, 1), s)
+    put_datetime(period, "end", rep.component(component, 2), s)
+    return period or None
+
+
+def xpn_called_by(rep: Repetition) -> dict[str, Any] | None:
+    """IG XPN[HumanName] row XPN.15 → a second HumanName {given, use: nickname}."""
+    called = rep.component(15)
+    return {"use": "nickname", "given": [called]} if called else None
+
+
+def xpn_to_string(rep: Repetition) -> str:
+    """IG XPN[string]: the name as one string (family, given, further given), e.g. mother's maiden name."""
+    if rep.component(11) == "F":  # IG NameAssemblyOrder F: prefix given family
+        parts = [rep.component(5), rep.component(2), rep.component(3), rep.component(1, 1), rep.component(4)]
+    else:
+        parts = [rep.component(1, 1), rep.component(2), rep.component(3), rep.component(4)]
+    return " ".join(p for p in parts if p)
+
+
+def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG XAD[Address]: XAD.1 (SAD.1-3) and XAD.2, XAD.19 → line; XAD.3 city; XAD.4 state;
+    XAD.5 postalCode; XAD.6 country; XAD.7 → use/type (AddressType) or iso21090-AD-use (HV);
+    XAD.9 → district; XAD.10 → censusTract extension; XAD.12 / XAD.13-14 → period."""
+    address: dict[str, Any] = {}
+    street = (rep.component(1, 1), rep.component(1, 2), rep.component(1, 3))  # SAD.1-3
+    lines = [x for x in (*street, rep.component(2), rep.component(19)) if x]
+    ext: list[dict[str, Any]] = []
+    kind = rep.component(7)
+    if kind == "HV":
+        ext.append({"url": SD + "iso21090-AD-use", "valueCode": "H"})
+    tract = rep.component(10)
+    if tract:
+        ext.append({"url": SD + "iso21090-ADXP-censusTract", "valueString": tract})
+    if ext:
+        address["extension"] = ext
+    if kind and s is not None:
+        if kind in ("M", "SH"):
+            concept = s.vocab.lookup("AddressType[Type]", kind)
+            if concept is not None and concept.code:
+                address["type"] = concept.code
+        else:
+            concept = s.vocab.lookup("AddressType[Use]", kind)
+            if concept is not None and concept.code:
+                address["use"] = concept.code
+    if lines:
+        address["line"] = lines
+    for comp, element in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
+        text = rep.component(comp)
+        if text:
+            address[element] = text
+    period = _period_from(rep, s, 13, 14) or dr_to_period_component(rep, 12, s)
+    if period:
+        address["period"] = period
+    if not (set(address) - {"use", "type", "extension"}) and not tract:
+        return None
+    return address
+
+
+_EMAIL_EQUIPMENT = ("Internet", "X.400")
+
+
+def xtn_to_contact_point(
+    rep: Repetition, s: Settings | None = None, default_use: str | None = None
+) -> dict[str, Any] | None:
+    """IG XTN[ContactPoint]: XTN.1 / XTN.4 / XTN.12 / XTN.5-8 → value (by the IG's conditions);
+    XTN.2 → use (TelecommunicationUseCode); XTN.3 → system (TelecommunicationEquipmentType);
+    XTN.5-XTN.8 → contactpoint-country/-area/-local/-extension extensions;
+    XTN.13/XTN.14 → period; XTN.18 → rank. `default_use` is the segment row's use when XTN.2
+    is empty (PID-13 → home, PID-14 → work)."""
+    equipment = rep.component(3)
+    email = rep.component(4)
+    country, area, local, extension = rep.component(5), rep.component(6), rep.component(7), rep.component(8)
+    unformatted = rep.component(12)
+    is_email = equipment in _EMAIL_EQUIPMENT
+    point: dict[str, Any] = {}
+    ext: list[dict[str, Any]] = []
+    if country:
+        ext.append({"url": SD + "contactpoint-country", "valueString": country})
+    if area:
+        ext.append({"url": SD + "contactpoint-area", "valueString": area})
+    if local and not is_email:
+        ext.append({"url": SD + "contactpoint-local", "valueString": local})
+    if extension:
+        ext.append({"url": SD + "contactpoint-extension", "valueString": extension})
+    if ext:
+        point["extension"] = ext
+    # value, in the IG's order of precedence
+    value = ""
+    if is_email or (not equipment and email and not rep.component(1)):
+        value = email
+    elif unformatted:
+        value = unformatted
+    elif local:
+        value = " ".join(x for x in (("+" + country) if country else "", area, local) if x)
+        if extension:
+            value += " X" + extension
+    else:
+        value = rep.component(1)
+    # system
+    use_from_equipment = None
+    if equipment:
+        concept = s.vocab.lookup("TelecommunicationEquipmentType", equipment) if s is not None else None
+        if concept is not None and concept.code:
+            if concept.system.endswith("contact-point-use"):  # CP → system phone, use mobile
+                point["system"] = "phone"
+                use_from_equipment = concept.code
+            else:
+                point["system"] = concept.code
+        else:
+            point["system"] = "other"
+    elif email and not rep.component(1):
+        point["system"] = "email"
+    elif value:
+        point["system"] = "phone"
+    else:
+        point["_system"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
+    if value:
+        point["value"] = value
+    use_code = rep.component(2)
+    use = None
+    if use_code and s is not None:
+        concept = s.vocab.lookup("TelecommunicationUseCode", use_code)
+        use = concept.code if concept is not None and concept.code else None
+    if use is None:
+        use = use_from_equipment or (default_use if not use_code else None)
+    if use:
+        point["use"] = use
+    rank = rep.component(18)
+    if rank.isdigit() and int(rank) > 0:
+        point["rank"] = int(rank)
+    period = _period_from(rep, s, 13, 14)
+    if period:
+        point["period"] = period
+    if "value" not in point and not ext:
+        return None
+    return point
+
+
+# ---------------------------------------------------------------- codes
+
+
+def _coding_system(name: str, s: Settings | None) -> str | None:
+    if not name:
+        return None
+    known = s.vocab.coding_system(name) if s is not None else None
+    return known or "urn:id:" + _urn_safe(name)
+
+
+def _codings(rep: Repetition, s: Settings | None, table: str | None) -> list[dict[str, Any]]:
+    codings: list[dict[str, Any]] = []
+    for code_i, text_i, sys_i, ver_i in ((1, 2, 3, 7), (4, 5, 6, 8), (10, 11, 12, 13)):
+        code = rep.component(code_i)
+        display = rep.component(text_i)
+        if not code and not display:
+            continue
+        coding: dict[str, Any] = {}
+        system_name = rep.component(sys_i)
+        system = _coding_system(system_name, s)
+        if system is None and table and code_i == 1:
+            system = v2_table_system(table)
+        if system:
+            coding["system"] = system
+        version = rep.component(ver_i)
+        if version:
+            coding["version"] = version
+        code = as_code(code)
+        if code:
+            coding["code"] = code
+        if display:
+            coding["display"] = display
+        codings.append(coding)
+    return codings
+
+
+def _translated(code: str, s: Settings | None, concept_map: str | None) -> dict[str, Any] | None:
+    if not code or s is None or not concept_map:
+        return None
+    concept = s.vocab.lookup(concept_map, code)
+    if concept is None or not concept.code:
+        return None
+    coding: dict[str, Any] = {}
+    if concept.system:
+        coding["system"] = concept.system
+    coding["code"] = concept.code
+    if concept.display:
+        coding["display"] = concept.display
+    return coding
+
+
+def cwe_to_codeable_concept(
+    rep: Repetition, s: Settings | None = None, concept_map: str | None = None, table: str | None = None
+) -> dict[str, Any] | None:
+    """IG CWE[CodeableConcept] (also CE, CNE): (CWE.1, .2, .3, .7) → coding[1];
+    (CWE.4, .5, .6, .8) → coding[2]; (CWE.10, .11, .12, .13) → coding[3]; CWE.9 → text.
+
+    `concept_map` (an IG concept map name, e.g. "MaritalStatus") translates CWE.1 when its
+    coding system is empty or the v2 table; `table` ("0002") is CWE.3's default for CWE.1.
+    """
+    codings = _codings(rep, s, table)
+    first_system = rep.component(3)
+    local_table = not first_system or (
+        table is not None and first_system.upper() in (f"HL7{table}", f"HL7-{table}")
+    )
+    translated = _translated(rep.component(1), s, concept_map) if local_table else None
+    if translated is not None:
+        same = codings and (codings[0].get("system"), codings[0].get("code")) == (
+            translated.get("system"),
+            translated["code"],
+        )
+        if same:
+            codings[0] = translated
+        else:
+            codings.insert(0, translated)
+    concept: dict[str, Any] = {}
+    if codings:
+        concept["coding"] = codings
+    text = rep.component(9)
+    if text:
+        concept["text"] = text
+    return concept or None
+
+
+def cwe_to_coding(
+    rep: Repetition, s: Settings | None = None, concept_map: str | None = None, table: str | None = None
+) -> dict[str, Any] | None:
+    """IG CWE[Coding]: the first coding of cwe_to_codeable_concept."""
+    concept = cwe_to_codeable_concept(rep, s, concept_map, table)
+    if concept and concept.get("coding"):
+        first: dict[str, Any] = concept["coding"][0]
+        return first
+    return None
+
+
+def code_of(value: Repetition | str, s: Settings | None, concept_map: str) -> str | None:
+    """IG CWE[code] / ID[code] / IS[code]: CWE.1 (else CWE.4) through `concept_map`; None if unmapped."""
+    code = value if isinstance(value, str) else (value.component(1) or value.component(4))
+    if not code or s is None:
+        return None
+    concept = s.vocab.lookup(concept_map, code)
+    return concept.code if concept is not None and concept.code else None
+
+
+def id_to_boolean(text: str) -> bool | None:
+    """IG ID[boolean] via YesNoIndicator (table 0136): Y → true, N → false, else None."""
+    upper = text.strip().upper()
+    if upper == "Y":
+        return True
+    if upper == "N":
+        return False
+    return None
+
+
+# ---------------------------------------------------------------- people and organisations
+
+
+def _xcn_name(rep: Repetition, s: Settings | None, degree_as_suffix: bool) -> dict[str, Any] | None:
+    name: dict[str, Any] = {}
+    family = rep.component(2, 1)
+    if family:
+        name["family"] = family
+    given = [g for g in (rep.component(3), rep.component(4)) if g]
+    if given:
+        name["given"] = given
+    prefix = rep.component(6)
+    if prefix:
+        name["prefix"] = [prefix]
+    degree = rep.component(7) if degree_as_suffix else ""
+    suffix = [x for x in (rep.component(5), degree, rep.component(21)) if x]
+    if suffix:
+        name["suffix"] = suffix
+    if not name:
+        return None
+    use_code = rep.component(10)
+    if use_code and s is not None:
+        concept = s.vocab.lookup("NameType", use_code)
+        if concept is not None and concept.code:
+            name["use"] = concept.code
+    period = _period_from(rep, s, 19, 20) or dr_to_period_component(rep, 17, s)
+    if period:
+        name["period"] = period
+    return name
+
+
+def _xcn_identifier(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
+    value = rep.component(1)
+    if not value:
+        return None
+    ident: dict[str, Any] = {}
+    ext = _check_digit_extensions(rep.component(11), rep.component(12))
+    if ext:
+        ident["extension"] = ext
+    if rep.component(13):
+        ident["type"] = _identifier_type(rep.component(13), s)
+    _assign(ident, hd_of(rep, 9), s)
+    ident["value"] = value
+    return ident
+
+
+def xcn_to_practitioner(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG XCN[Practitioner]: XCN.1/.9/.11-.13 → identifier; XCN.2-6, .10, .17-.21 → name;
+    XCN.7 → qualification.code (DegreeLicenseCertificate). None when XCN has no id and no name."""
+    ident = _xcn_identifier(rep, s)
+    name = _xcn_name(rep, s, degree_as_suffix=False)
+    if ident is None and name is None:
+        return None
+    practitioner: dict[str, Any] = {"resourceType": "Practitioner"}
+    if ident is not None:
+        practitioner["identifier"] = [ident]
+    if name is not None:
+        practitioner["name"] = [name]
+    degree = rep.component(7)
+    if degree:
+        translated = _translated(degree, s, "DegreeLicenseCertificate")
+        coding = translated or {"system": v2_table_system("0360"), "code": degree}
+        practitioner["qualification"] = [{"code": {"coding": [coding]}}]
+    return practitioner
+
+
+def xcn_to_related_person_fields(rep: Repetition, s: Settings | None = None) -> dict[str, Any]:
+    """IG XCN[RelatedPerson]: identifier and name elements (degree XCN.7 → name.suffix)."""
+    out: dict[str, Any] = {}
+    ident = _xcn_identifier(rep, s)
+    if ident is not None:
+        out["identifier"] = [ident]
+    name = _xcn_name(rep, s, degree_as_suffix=True)
+    if name is not None:
+        out["name"] = [name]
+    return out
+
+
+def xon_to_organization(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG XON[Organization]: XON.1 → name; XON.10 (else XON.3) → identifier.value;
+    XON.4/XON.5 → check-digit extensions; XON.6 → system/assigner; XON.7 → identifier.type."""
+    org: dict[str, Any] = {"resourceType": "Organization"}
+    value = rep.component(10) or rep.component(3)
+    if value:
+        ident: dict[str, Any] = {}
+        ext = _check_digit_extensions(rep.component(4), rep.component(5))
+        if ext:
+            ident["extension"] = ext
+        if rep.component(7):
+            ident["type"] = _identifier_type(rep.component(7), s)
+        _assign(ident, hd_of(rep, 6), s)
+        ident["value"] = value
+        org["identifier"] = [ident]
+    name = rep.component(1)
+    if name:
+        org["name"] = name
+    return org if len(org) > 1 else None
+
+
+# ---------------------------------------------------------------- values
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+
+
+def nm_to_number(text: str) -> int | float | None:
+    """IG NM → decimal: the number, or None when the text is not an HL7 NM."""
+    text = text.strip()
+    if not _NUMBER.match(text):
+        return None
+    if "." not in text:
+        return int(text)
+    return float(text)
+
+
+def sn_to_value(rep: Repetition) -> tuple[str, dict[str, Any]] | None:
+    """IG SN[Quantity] / SN[Range] / SN[Ratio]: ("Quantity"|"Range"|"Ratio", element).
+
+    SN.1 comparator, SN.2 num1, SN.3 separator ("-" → Range, ":" or "/" → Ratio), SN.4 num2.
+    """
+    comparator, sep = rep.component(1), rep.component(3)
+    num1, num2 = nm_to_number(rep.component(2)), nm_to_number(rep.component(4))
+    original = " ".join(x for x in (comparator, rep.component(2), sep, rep.component(4)) if x)
+    ext = [{"url": ORIGINAL_TEXT, "valueString": original}]
+    if sep == "-" and (num1 is not None or num2 is not None):
+        rng: dict[str, Any] = {"extension": ext}
+        if num1 is not None:
+            rng["low"] = {"value": num1}
+        if num2 is not None:
+            rng["high"] = {"value": num2}
+        return "Range", rng
+    if sep in (":", "/") and num1 is not None and num2 is not None:
+        numerator: dict[str, Any] = {"value": num1}
+        if comparator and comparator != "=":
+            numerator["comparator"] = comparator
+        return "Ratio", {"extension": ext, "numerator": numerator, "denominator": {"value": num2}}
+    if num1 is None:
+        return None
+    quantity: dict[str, Any] = {"value": num1}
+    if comparator and comparator in ("<", "<=", ">", ">="):
+        quantity["comparator"] = comparator
+    if sep or rep.component(4):
+        quantity["extension"] = ext
+    return "Quantity", quantity
+
+
+def cq_to_quantity(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG CQ[Quantity]: CQ.1 → value; CQ.2 (CWE, subcomponents) → unit (and UCUM code/system)."""
+    number = nm_to_number(rep.component(1))
+    if number is None:
+        return None
+    quantity: dict[str, Any] = {"value": number}
+    unit_code, unit_text, unit_system = rep.component(2, 1), rep.component(2, 2), rep.component(2, 3)
+    if unit_code or unit_text:
+        quantity["unit"] = unit_text or unit_code
+        system = _coding_system(unit_system, s) if unit_system else None
+        if unit_code and system:
+            quantity["system"] = system
+            quantity["code"] = unit_code
+    return quantity
+
+
+def st_value(rep: Repetition) -> str:
+    """IG ST / TX / FT → string: the whole repetition decoded (\\.br\\ → newline)."""
+    return rep.text()

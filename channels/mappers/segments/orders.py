@@ -1,0 +1,1156 @@
+"""Orders and results: ORC/OBR → ServiceRequest and DiagnosticReport, OBX → Observation,
+NTE → annotations, SPM → Specimen, RXA/RXR → Immunization (VXU), SCH/AIS/AIG/AIL/AIP →
+Appointment (SIU).
+
+HL7 v2-to-FHIR IG maps ``ORC[ServiceRequest]``, ``ORC[DiagnosticReport]``,
+``ORC[Immunization]``, ``OBR[ServiceRequest]``, ``OBR[DiagnosticReport]``,
+``OBX[Observation]``, ``OBX[Observation-Component]``, ``NTE[Observation]``,
+``NTE[ServiceRequest]``, ``SPM[Specimen]``, ``RXA[Immunization]``, ``RXR[Immunization]``,
+``SCH[Appointment]``, ``AIS/AIG/AIL/AIP[Appointment]``; message maps ORU_R01, ORM_O01,
+OML_O21, VXU_V04, SIU_S12.
+
+Groups follow message order (messages.py): an ORC opens an order; the OBR after it
+enriches that order's ServiceRequest (else the OBR opens one); in result messages (ORU,
+OUL) the OBR also gives a DiagnosticReport based on it; each OBX becomes an Observation
+that the DiagnosticReport lists as a result (in orders, the ServiceRequest's
+supportingInfo); NTE annotates the Observation or ServiceRequest it follows; SPM's
+Specimen is linked from the report, the order and the group's Observations. In VXU an
+ORC belongs to the RXA after it (IG ORC[Immunization]) and gives no ServiceRequest.
+
+Choices where the IG is open (each also noted at its row):
+- Required elements v2 may leave empty get the FHIR "unknown" codes: ServiceRequest.status
+  (ORC-5, else ORC-1 via OrderControlCode, else unknown), DiagnosticReport.status (OBR-25)
+  and Observation.status (OBX-11); DiagnosticReport.code / Observation.code without OBR-4
+  / OBX-3 carry a data-absent-reason extension.
+- ORC-9 → authoredOn whatever ORC-1 is (the IG's "IF ORC-1 IS NW" leaves other order
+  controls without any target for the transaction time).
+- ORC-12 / ORC-21: a Practitioner, an Organization, or both joined in a PractitionerRole
+  (IG requester(PractitionerRole.practitioner / .organization)).
+- OBX-5 repeating: text types (ST, TX, FT) are joined with newlines into one valueString
+  (a repeated TX is one multi-line text); other types become components (IG
+  OBX[Observation-Component]).
+- OBX-6 units: UCUM system only when OBX-6.3 names it ("UCUM"); other systems as coded.
+- OBX-7 is kept as referenceRange.text (IG) and, when it reads "low-high", "<high" or
+  ">low", also as low/high quantities in OBX-6's units.
+- OBX-11 "N" (not asked) → dataAbsentReason not-asked (IG row); status unknown.
+- ED values: IG OBX-5 ED row → the R5 backport extension valueAttachment (R4B) / the
+  native valueAttachment (R5); Hex and plain-text data are re-encoded as base64.
+- NTE after PID or other segments we do not annotate is not mapped (its fields are reported).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from channels.mappers import datatypes as dt
+from channels.mappers.bundle import register_r5_adapter
+from channels.mappers.messages import MappingContext, segment_mapper
+from channels.mappers.segments.encounter import pl_to_location, practitioner_reference
+from channels.mappers.v2 import Repetition, Segment
+from channels.mappers.vocab import v2_table_system
+
+SD = "http://hl7.org/fhir/StructureDefinition/"
+DATA_ABSENT_REASON = SD + "data-absent-reason"
+V2_0203 = v2_table_system("0203")
+UCUM = "http://unitsofmeasure.org"
+VALUE_ATTACHMENT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.valueAttachment"
+_RESULT_MESSAGES = frozenset({"ORU", "OUL"})
+_TEXT_TYPES = frozenset({"ST", "TX", "FT"})
+_CODED_TYPES = frozenset({"CWE", "CE", "CNE", "CF"})
+
+_ORC = "orders.orc"  # ctx.extra: the ORC segment waiting for its OBR/RXA
+_GROUP_OBSERVATIONS = "orders.observations"  # ctx.extra: Observation urls of the current OBR group
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _absent_concept() -> dict[str, Any]:
+    return {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
+
+
+def _typed_identifier(ident: dict[str, Any], code: str) -> dict[str, Any]:
+    ident["type"] = {"coding": [{"system": V2_0203, "code": code}]}
+    return ident
+
+
+def _ei(seg: Segment, number: int, ctx: MappingContext, type_code: str | None = None) -> dict[str, Any] | None:
+    """IG EI[Identifier-Extension] of SEG-number's first repetition, typed (PLAC, FILL ...)."""
+    if not seg.field(number):
+        return None
+    ident = dt.ei_to_identifier(seg.rep(number), ctx.settings)
+    if ident is not None and type_code:
+        _typed_identifier(ident, type_code)
+    return ident
+
+
+def _add_identifier(resource: dict[str, Any], ident: dict[str, Any] | None) -> None:
+    if ident is not None and ident not in resource.setdefault("identifier", []):
+        resource["identifier"].append(ident)
+
+
+def _put_dt(target: dict[str, Any], element: str, seg: Segment, number: int, ctx: MappingContext) -> bool:
+    text = seg.value(number)
+    if not text:
+        return False
+    if dt.put_datetime(target, element, text, ctx.settings):
+        return True
+    ctx.reject(seg, number)
+    return False
+
+
+def _concept(seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None) -> dict[str, Any] | None:
+    if not seg.field(number):
+        return None
+    return dt.cwe_to_codeable_concept(seg.rep(number), ctx.settings, concept_map, table)
+
+
+def _concepts(seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
+    return [c for c in (dt.cwe_to_codeable_concept(r, ctx.settings, concept_map, table) for r in seg.field(number)) if c]
+
+
+def _patient_ref(ctx: MappingContext) -> dict[str, Any] | None:
+    return ctx.bundle.reference(ctx.patient) if ctx.patient else None
+
+
+def _encounter_ref(ctx: MappingContext) -> dict[str, Any] | None:
+    url = ctx.current.get("Encounter")
+    return ctx.bundle.reference(url) if url else None
+
+
+def _resource(ctx: MappingContext, kind: str) -> dict[str, Any] | None:
+    url = ctx.current.get(kind)
+    return ctx.bundle.resource(url) if url else None
+
+
+def _append_ref(resource: dict[str, Any] | None, element: str, url: str, ctx: MappingContext) -> None:
+    if resource is None:
+        return
+    refs = resource.setdefault(element, [])
+    ref = ctx.bundle.reference(url)
+    if ref not in refs:
+        refs.append(ref)
+
+
+def _xcn_organization_actor(
+    seg: Segment, ctx: MappingContext, xcn_field: int, xon_field: int | None, kind: str
+) -> dict[str, Any] | None:
+    """A Practitioner (XCN), an Organization (XON) or both as a PractitionerRole: its Reference."""
+    practitioner = practitioner_reference(seg.rep(xcn_field), seg, ctx, f"Practitioner-{xcn_field}") if seg.field(xcn_field) else None
+    organization = None
+    if xon_field is not None and seg.field(xon_field):
+        org = dt.xon_to_organization(seg.rep(xon_field), ctx.settings)
+        if org is not None:
+            organization = ctx.bundle.reference(ctx.add(org, seg, f"Organization-{xon_field}"))
+    if practitioner and organization:
+        role = {"resourceType": "PractitionerRole", "practitioner": practitioner, "organization": organization}
+        return ctx.bundle.reference(ctx.add(role, seg, kind))
+    return practitioner or organization
+
+
+# ---------------------------------------------------------------- ORC
+
+
+def _order_status(orc: Segment | None, ctx: MappingContext) -> str:
+    """IG ORC-5 (OrderStatus), else ORC-1 (OrderControlCode[ServiceRequest.status]), else unknown."""
+    if orc is None:
+        return "unknown"
+    vocab = ctx.settings.vocab
+    for number, concept_map in ((5, "OrderStatus"), (1, "OrderControlCode[ServiceRequest.status]")):
+        code = orc.value(number)
+        concept = vocab.lookup(concept_map, code) if code else None
+        if concept is not None and concept.code:
+            return concept.code
+    return "unknown"
+
+
+def _apply_orc(orc: Segment, ctx: MappingContext, request: dict[str, Any]) -> None:
+    """IG ORC[ServiceRequest] rows onto a ServiceRequest."""
+    s = ctx.settings
+    _add_identifier(request, _ei(orc, 2, ctx, "PLAC"))  # IG ORC-2
+    _add_identifier(request, _ei(orc, 3, ctx, "FILL"))  # IG ORC-3
+    if orc.field(4):  # IG ORC-4 → requisition (EIP.1, type PGN)
+        group = dt.ei_to_identifier(orc.rep(4), s)
+        if group is not None:
+            request["requisition"] = _typed_identifier(group, "PGN")
+    _put_dt(request, "authoredOn", orc, 9, ctx)  # IG ORC-9
+    requester = _xcn_organization_actor(orc, ctx, 12, 21, "PractitionerRole-12")  # IG ORC-12 / ORC-21
+    if requester is not None:
+        request["requester"] = requester
+    if orc.field(14):  # IG ORC-14 → order callback phone extension
+        phone = dt.xtn_to_contact_point(orc.rep(14), s)
+        if phone is not None:
+            request.setdefault("extension", []).append(
+                {"url": SD + "servicerequest-order-callback-phone-number", "valueContactPoint": phone}
+            )
+    if orc.field(16) and not orc.value(5):  # IG ORC-16 → request-statusReason
+        reason = _concept(orc, 16, ctx)
+        if reason is not None:
+            request.setdefault("extension", []).append({"url": SD + "request-statusReason", "valueCodeableConcept": reason})
+    location_code = _concepts(orc, 29, ctx, "OrderType", "0482")  # IG ORC-29
+    if location_code:
+        request["locationCode"] = location_code
+    for number in (1, 5):
+        orc.mark_used(number)  # read through _order_status
+
+
+def _new_service_request(seg: Segment, ctx: MappingContext, orc: Segment | None) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "status": _order_status(orc, ctx),
+        "intent": "order",  # IG ORC-1 / OBR row: intent "order"
+    }
+    patient = _patient_ref(ctx)
+    if patient is None:
+        ctx.require_patient(seg)  # raises: ServiceRequest.subject is required
+    request["subject"] = patient
+    encounter = _encounter_ref(ctx)
+    if encounter is not None:
+        request["encounter"] = encounter
+    return request
+
+
+@segment_mapper("ORC", summary="ORC → ServiceRequest / Immunization order data (IG ORC[ServiceRequest])")
+def orc_to_service_request(seg: Segment, ctx: MappingContext) -> None:
+    """IG ORC[ServiceRequest]: an order; in VXU the ORC waits for its RXA (ORC[Immunization])."""
+    ctx.extra[_ORC] = seg
+    ctx.extra[_GROUP_OBSERVATIONS] = []
+    ctx.current.pop("DiagnosticReport", None)
+    ctx.current.pop("Observation", None)
+    ctx.current.pop("ServiceRequest", None)
+    ctx.current["orders.last"] = "ORC"
+    if ctx.message_code == "VXU":
+        return  # RXA reads this ORC (IG VXU_V04: ORC → Immunization)
+    request = _new_service_request(seg, ctx, seg)
+    _apply_orc(seg, ctx, request)
+    ctx.current["ServiceRequest"] = ctx.add(request, seg, "ServiceRequest")
+
+
+# ---------------------------------------------------------------- OBR
+
+
+def _apply_obr(obr: Segment, ctx: MappingContext, request: dict[str, Any], orc: Segment | None) -> None:
+    """IG OBR[ServiceRequest] rows onto a ServiceRequest."""
+    s = ctx.settings
+    if not (orc and orc.field(2)):
+        _add_identifier(request, _ei(obr, 2, ctx, "PLAC"))  # IG OBR-2 IF ORC-2 NOT VALUED
+    if not (orc and orc.field(3)):
+        _add_identifier(request, _ei(obr, 3, ctx, "FILL"))  # IG OBR-3 IF ORC-3 NOT VALUED
+    for rep in obr.field(53):  # IG OBR-53 → identifier PLAC (CX)
+        ident = dt.cx_to_identifier(rep, s)
+        if ident is not None:
+            _add_identifier(request, _typed_identifier(ident, "PLAC"))
+    code = _concept(obr, 4, ctx)  # IG OBR-4
+    if code is not None:
+        request["code"] = code
+    priority = dt.code_of(obr.rep(5), s, "ExtendedPriorityCodes") if obr.field(5) else None
+    if priority:  # IG OBR-5
+        request["priority"] = priority
+    elif obr.field(5):
+        ctx.reject(obr, 5)
+    _put_dt(request, "occurrenceDateTime", obr, 6, ctx)  # IG OBR-6
+    if obr.value(11) == "G":  # IG OBR-11
+        request["intent"] = "reflex-order"
+    elif obr.value(11):
+        obr.mark_used(11)  # A (add-on) has no FHIR intent code: stays "order"
+    if "requester" not in request and obr.field(16):  # IG OBR-16 IF ORC-12 NOT VALUED
+        requester = practitioner_reference(obr.rep(16), obr, ctx, "Practitioner-16")
+        if requester is not None:
+            request["requester"] = requester
+    if obr.field(17):  # IG OBR-17 → callback phone
+        phone = dt.xtn_to_contact_point(obr.rep(17), s)
+        if phone is not None:
+            request.setdefault("extension", []).append(
+                {"url": SD + "servicerequest-order-callback-phone-number", "valueContactPoint": phone}
+            )
+    if obr.field(29):  # IG OBR-29 → basedOn (parent order, by identifier)
+        parent = dt.ei_to_identifier(obr.rep(29), s)
+        if parent is not None:
+            request.setdefault("basedOn", []).append({"type": "ServiceRequest", "identifier": _typed_identifier(parent, "PLAC")})
+    reasons = _concepts(obr, 31, ctx)  # IG OBR-31
+    if reasons:
+        request.setdefault("reasonCode", []).extend(reasons)
+    details = _concepts(obr, 46, ctx) + _concepts(obr, 47, ctx)  # IG OBR-46 / OBR-47
+    if details:
+        request.setdefault("orderDetail", []).extend(details)
+
+
+def _cnn_practitioner(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str) -> dict[str, Any] | None:
+    """IG NDL[PractitionerRole] / CNN[Practitioner]: NDL.1 (a CNN in subcomponents) → Practitioner."""
+    parts = [*rep.subcomponents(1), *([""] * 11)]
+    practitioner: dict[str, Any] = {"resourceType": "Practitioner"}
+    if parts[0]:
+        ident: dict[str, Any] = {}
+        system = dt.hd_to_system(dt.HD(parts[8], parts[9], parts[10]), ctx.settings)
+        if system:
+            ident["system"] = system
+        ident["value"] = parts[0]
+        practitioner["identifier"] = [ident]
+    name: dict[str, Any] = {}
+    if parts[1]:
+        name["family"] = parts[1]
+    given = [g for g in (parts[2], parts[3]) if g]
+    if given:
+        name["given"] = given
+    if parts[5]:
+        name["prefix"] = [parts[5]]
+    if parts[4]:
+        name["suffix"] = [parts[4]]
+    if name:
+        practitioner["name"] = [name]
+    if len(practitioner) == 1:
+        return None
+    return ctx.bundle.reference(ctx.add(practitioner, seg, kind))
+
+
+def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, request_url: str) -> str:
+    """IG OBR[DiagnosticReport] + ORC[DiagnosticReport]."""
+    s = ctx.settings
+    report: dict[str, Any] = {"resourceType": "DiagnosticReport"}
+    source = orc if orc is not None else None
+    for seg, number, code in ((source, 2, "PLAC"), (source, 3, "FILL"), (obr, 2, "PLAC"), (obr, 3, "FILL")):
+        if seg is not None:
+            _add_identifier(report, _ei(seg, number, ctx, code))
+    report["basedOn"] = [ctx.bundle.reference(request_url)]
+    status_code = obr.value(25)
+    concept = s.vocab.lookup("ResultStatus[Non-Queries]", status_code) if status_code else None
+    report["status"] = concept.code if concept is not None and concept.code else "unknown"  # IG OBR-25
+    if status_code and (concept is None or not concept.code):
+        ctx.reject(obr, 25)
+    category = _concept(obr, 24, ctx, "DiagnosticServiceSectionID", "0074")  # IG OBR-24
+    if category is not None:
+        report["category"] = [category]
+    report["code"] = _concept(obr, 4, ctx) or _absent_concept()  # IG OBR-4
+    patient = _patient_ref(ctx)
+    if patient is not None:
+        report["subject"] = patient
+    encounter = _encounter_ref(ctx)
+    if encounter is not None:
+        report["encounter"] = encounter
+    if obr.value(8):  # IG OBR-7 / OBR-8
+        period: dict[str, Any] = {}
+        _put_dt(period, "start", obr, 7, ctx)
+        _put_dt(period, "end", obr, 8, ctx)
+        if period:
+            report["effectivePeriod"] = period
+    else:
+        _put_dt(report, "effectiveDateTime", obr, 7, ctx)
+    if obr.value(22):  # IG OBR-22 → issued (an instant needs seconds and a zone)
+        issued = dt.dtm_to_instant(obr.value(22), s)
+        if issued is not None:
+            report["issued"] = issued
+        else:
+            ctx.reject(obr, 22)
+    interpreter = _cnn_practitioner(obr.rep(32), obr, ctx, "Practitioner-32") if obr.field(32) else None
+    if interpreter is not None:  # IG OBR-32
+        report["resultsInterpreter"] = [interpreter]
+    for number, function in ((34, "SPRF"), (35, "TRANS")):  # IG OBR-34 / OBR-35
+        for index, rep in enumerate(obr.field(number), start=1):
+            actor = _cnn_practitioner(rep, obr, ctx, f"Practitioner-{number}-{index}")
+            if actor is not None:
+                actor_with_function = {
+                    **actor,
+                    "extension": [
+                        {
+                            "url": SD + "event-performerFunction",
+                            "valueCodeableConcept": {
+                                "coding": [
+                                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": function}
+                                ]
+                            },
+                        }
+                    ],
+                }
+                report.setdefault("performer", []).append(actor_with_function)
+    return ctx.add(report, obr, "DiagnosticReport")
+
+
+@segment_mapper("OBR", summary="OBR → ServiceRequest and DiagnosticReport (IG OBR[ServiceRequest], OBR[DiagnosticReport])")
+def obr_to_service_request(seg: Segment, ctx: MappingContext) -> None:
+    """IG OBR[ServiceRequest] (+ OBR[DiagnosticReport] in result messages)."""
+    seg.mark_used(1)  # OBR-1 Set ID
+    orc = ctx.extra.get(_ORC)
+    pending = ctx.current.get("orders.last") == "ORC" and ctx.current.get("ServiceRequest")
+    orc_segment = orc if pending and isinstance(orc, Segment) else None
+    if pending:
+        request_url = ctx.current["ServiceRequest"]
+        request = ctx.bundle.resource(request_url)
+        assert request is not None  # added by the ORC mapper of this group
+        _apply_obr(seg, ctx, request, orc_segment)
+    else:
+        request = _new_service_request(seg, ctx, None)
+        _apply_obr(seg, ctx, request, None)
+        request_url = ctx.add(request, seg, "ServiceRequest")
+        ctx.current["ServiceRequest"] = request_url
+    ctx.current["orders.last"] = "OBR"
+    ctx.extra[_GROUP_OBSERVATIONS] = []
+    ctx.current.pop("Observation", None)
+    if ctx.message_code in _RESULT_MESSAGES:
+        ctx.current["DiagnosticReport"] = _diagnostic_report(seg, ctx, orc_segment, request_url)
+    else:
+        ctx.current.pop("DiagnosticReport", None)
+
+
+# ---------------------------------------------------------------- OBX
+
+
+def _unit_quantity(units: Repetition | None, ctx: MappingContext) -> dict[str, Any]:
+    """IG CWE[Quantity] (OBX-6): code = CWE.1 and system = CWE.3 when both valued; unit = CWE.2 or CWE.1."""
+    if units is None or not units:
+        return {}
+    code, text, system_name = units.component(1), units.component(2), units.component(3)
+    out: dict[str, Any] = {}
+    unit = text or code
+    if unit:
+        out["unit"] = unit
+    if code and system_name:
+        system = ctx.settings.vocab.coding_system(system_name) or "urn:id:" + system_name.replace(" ", "_")
+        out["system"] = system
+        out["code"] = code
+    return out
+
+
+def _quantity(value: int | float, units: Repetition | None, ctx: MappingContext) -> dict[str, Any]:
+    return {"value": value, **_unit_quantity(units, ctx)}
+
+
+def _time_value(text: str) -> str | None:
+    """v2 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time HH:MM:SS (the offset cannot be kept)."""
+    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$", text.strip())
+    if not match or int(match.group(1)) > 23:
+        return None
+    minutes, seconds = match.group(2) or "00", match.group(3) or "00"
+    if int(minutes) > 59 or int(seconds) > 59:
+        return None
+    return f"{match.group(1)}:{minutes}:{seconds}{match.group(4) or ''}"
+
+
+def _attachment(rep: Repetition) -> dict[str, Any] | None:
+    """IG ED[Attachment]: ED.3 → contentType; ED.5 (ED.4 Base64 / Hex / A) → data (base64)."""
+    encoding = rep.component(4).lower()
+    data = rep.component(5)
+    if not data:
+        return None
+    if encoding in ("base64", "b64"):
+        encoded = re.sub(r"\s+", "", data)
+        try:
+            base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+    elif encoding == "hex":
+        try:
+            encoded = base64.b64encode(bytes.fromhex(data)).decode("ascii")
+        except ValueError:
+            return None
+    else:
+        encoded = base64.b64encode(data.encode("utf-8")).decode("ascii")
+    attachment: dict[str, Any] = {}
+    subtype = rep.component(3)
+    if subtype:
+        attachment["contentType"] = subtype
+    attachment["data"] = encoded
+    return attachment
+
+
+def _value(value_type: str, rep: Repetition, units: Repetition | None, ctx: MappingContext) -> tuple[str, Any] | None:
+    """IG OBX-5 rows by OBX-2: (FHIR value[x] element name, value), None when unusable."""
+    s = ctx.settings
+    if value_type == "NM":
+        number = dt.nm_to_number(rep.component(1))
+        return ("valueQuantity", _quantity(number, units, ctx)) if number is not None else None
+    if value_type in _TEXT_TYPES:
+        text = rep.text()
+        return ("valueString", text) if text else None
+    if value_type in _CODED_TYPES:
+        concept = dt.cwe_to_codeable_concept(rep, s)
+        return ("valueCodeableConcept", concept) if concept else None
+    if value_type in ("IS", "ID"):
+        code = rep.component(1)
+        return ("valueCodeableConcept", {"coding": [{"code": code}]}) if code else None
+    if value_type in ("DT", "DTM", "TS"):
+        result = dt.dtm_to_datetime(rep.component(1), s)
+        return ("valueDateTime", result) if result is not None else None
+    if value_type == "TM":
+        time = _time_value(rep.component(1))
+        return ("valueTime", time) if time else None
+    if value_type == "DR":
+        period = dt.dr_to_period(rep, s)
+        return ("valuePeriod", period) if period else None
+    if value_type == "NR":
+        low, high = dt.nm_to_number(rep.component(1)), dt.nm_to_number(rep.component(2))
+        rng: dict[str, Any] = {}
+        if low is not None:
+            rng["low"] = _quantity(low, units, ctx)
+        if high is not None:
+            rng["high"] = _quantity(high, units, ctx)
+        return ("valueRange", rng) if rng else None
+    if value_type == "SN":
+        return _sn_value(rep, units, ctx)
+    if value_type == "VR":
+        text = "-".join(x for x in (rep.component(1), rep.component(2)) if x)
+        return ("valueString", text) if text else None
+    if value_type in ("ED", "RP"):
+        attachment = _attachment(rep) if value_type == "ED" else ({"url": rep.component(1)} if rep.component(1) else None)
+        return ("valueAttachment", attachment) if attachment else None
+    # IG OBX-5 fallback row: the components joined by spaces.
+    text = " ".join(c for c in rep.components() if c)
+    return ("valueString", text) if text else None
+
+
+def _sn_value(rep: Repetition, units: Repetition | None, ctx: MappingContext) -> tuple[str, Any] | None:
+    """IG OBX-5 SN rows: <> or + → valueString; - → valueRange; : or / → valueRatio; else valueQuantity."""
+    comparator, separator = rep.component(1), rep.component(3)
+    if comparator == "<>" or separator == "+":
+        text = " ".join(c for c in (comparator, rep.component(2), separator, rep.component(4)) if c)
+        unit_text = units.component(2) or units.component(1) if units else ""
+        return ("valueString", f"{text} {unit_text}".strip()) if text else None
+    found = dt.sn_to_value(rep)
+    if found is None:
+        return None
+    kind, element = found
+    unit = _unit_quantity(units, ctx)
+    if kind == "Range":
+        for end in ("low", "high"):
+            if end in element:
+                element[end].update(unit)
+    elif kind == "Quantity":
+        element.update(unit)
+    else:
+        element["numerator"].update(unit)
+        element["denominator"].update(unit)
+    return f"value{kind}", element
+
+
+def _reference_range(text: str, units: Repetition | None, ctx: MappingContext) -> dict[str, Any]:
+    """IG OBX-7 → referenceRange.text; plus low/high when the text is a plain numeric range."""
+    out: dict[str, Any] = {}
+    unit = _unit_quantity(units, ctx)
+    match = re.match(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$", text)
+    if match:
+        low, high = dt.nm_to_number(match.group(1)), dt.nm_to_number(match.group(2))
+        if low is not None and high is not None:
+            out["low"] = {"value": low, **unit}
+            out["high"] = {"value": high, **unit}
+    else:
+        bound = re.match(r"^\s*([<>])=?\s*(\d+(?:\.\d+)?)\s*$", text)
+        number = dt.nm_to_number(bound.group(2)) if bound else None
+        if bound and number is not None:
+            out["high" if bound.group(1) == "<" else "low"] = {"value": number, **unit}
+    out["text"] = text
+    return out
+
+
+def _set_value(observation: dict[str, Any], value_type: str, seg: Segment, ctx: MappingContext) -> None:
+    reps = seg.field(5)
+    units = seg.rep(6) if seg.field(6) else None
+    if not reps:
+        return
+    if value_type in _TEXT_TYPES and len(reps) > 1:
+        text = "\n".join(r.text() for r in reps)
+        observation["valueString"] = text
+        return
+    values = [_value(value_type, rep, units, ctx) for rep in reps]
+    usable = [v for v in values if v is not None]
+    if len(usable) < len(values):
+        ctx.reject(seg, 5)
+    if not usable:
+        return
+    if len(reps) > 1 and value_type != "NA":  # IG OBX[Observation-Component]
+        for element, value in usable:
+            component: dict[str, Any] = {"code": observation["code"]}
+            _put_value(component, element, value)
+            observation.setdefault("component", []).append(component)
+        return
+    element, value = usable[0]
+    _put_value(observation, element, value)
+
+
+def _put_value(target: dict[str, Any], element: str, value: Any) -> None:
+    if element == "valueAttachment":
+        target.setdefault("extension", []).append({"url": VALUE_ATTACHMENT, "valueAttachment": value})
+    elif isinstance(value, dt.FhirDateTime):
+        target[element] = value.value
+        ext = value.primitive_extension()
+        if ext is not None:
+            target["_" + element] = ext
+    else:
+        target[element] = value
+
+
+def _observation_status(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) -> None:
+    """IG OBX-11 (ObservationResultStatusCodesInterpretation); N → dataAbsentReason; X → alternate code."""
+    code = seg.value(11)
+    concept = ctx.settings.vocab.lookup("ObservationResultStatusCodesInterpretation", code) if code else None
+    observation["status"] = concept.code if concept is not None and concept.code else "unknown"
+    if code == "N":
+        observation["dataAbsentReason"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "not-asked"}]
+        }
+    elif code == "X":
+        observation["status"] = "cancelled"
+        observation["_status"] = {
+            "extension": [
+                {
+                    "url": SD + "alternate-codes",
+                    "valueCodeableConcept": {"coding": [{"system": v2_table_system("0085"), "code": "X"}]},
+                }
+            ]
+        }
+    elif code and (concept is None or not concept.code):
+        ctx.reject(seg, 11)
+
+
+def _performers(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) -> None:
+    """IG OBX-16 (responsible observer), OBX-23/24 (performing organization), OBX-25 (medical director)."""
+    s = ctx.settings
+    for index, rep in enumerate(seg.field(16), start=1):
+        ref = practitioner_reference(rep, seg, ctx, f"Practitioner-16-{index}")
+        if ref is not None:
+            observation.setdefault("performer", []).append(ref)
+    organization = dt.xon_to_organization(seg.rep(23), s) if seg.field(23) else None
+    if organization is not None:
+        address = dt.xad_to_address(seg.rep(24), s) if seg.field(24) else None
+        if address is not None:
+            organization["address"] = [address]
+        org_ref = ctx.bundle.reference(ctx.add(organization, seg, "Organization-23"))
+        director = practitioner_reference(seg.rep(25), seg, ctx, "Practitioner-25") if seg.field(25) else None
+        if director is not None:
+            role = {
+                "resourceType": "PractitionerRole",
+                "practitioner": director,
+                "organization": org_ref,
+                "code": [{"coding": [{"system": v2_table_system("0912"), "code": "MDIR"}]}],
+            }
+            observation.setdefault("performer", []).append(ctx.bundle.reference(ctx.add(role, seg, "PractitionerRole-25")))
+        else:
+            observation.setdefault("performer", []).append(org_ref)
+
+
+@segment_mapper("OBX", summary="OBX → Observation (IG OBX[Observation], OBX[Observation-Component])")
+def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
+    """IG OBX[Observation]: one Observation per OBX, linked to its report, order or immunization."""
+    s = ctx.settings
+    seg.mark_used(1)  # OBX-1 Set ID
+    value_type = seg.value(2).upper()
+    observation: dict[str, Any] = {"resourceType": "Observation"}
+    _add_identifier(observation, _ei(seg, 21, ctx, "FILL"))  # IG OBX-21
+    _observation_status(seg, ctx, observation)  # IG OBX-11
+    category = seg.value(29)
+    if category:  # IG OBX-29 → category (v2 table 0936)
+        observation["category"] = [{"coding": [{"system": v2_table_system("0936"), "code": category}]}]
+    observation["code"] = _concept(seg, 3, ctx) or _absent_concept()  # IG OBX-3
+    request_url = ctx.current.get("ServiceRequest")
+    if request_url and ctx.current.get("orders.last") in ("OBR", "ORC", "OBX", "NTE"):
+        observation["basedOn"] = [ctx.bundle.reference(request_url)]
+    immunization = ctx.current.get("Immunization")
+    if immunization and ctx.message_code == "VXU":
+        observation["partOf"] = [ctx.bundle.reference(immunization)]
+    patient = _patient_ref(ctx)
+    if patient is not None:
+        observation["subject"] = patient
+    encounter = _encounter_ref(ctx)
+    if encounter is not None:
+        observation["encounter"] = encounter
+    _put_dt(observation, "effectiveDateTime", seg, 14, ctx)  # IG OBX-14
+    if value_type or seg.field(5):
+        _set_value(observation, value_type, seg, ctx)  # IG OBX-5 (by OBX-2) + OBX-6
+    seg.mark_used(2, 6)
+    reference = seg.text(7)
+    if reference:  # IG OBX-7
+        observation["referenceRange"] = [_reference_range(reference, seg.rep(6) if seg.field(6) else None, ctx)]
+    interpretations = _concepts(seg, 8, ctx, "InterpretationCodes", "0078")  # IG OBX-8
+    if interpretations:
+        observation["interpretation"] = interpretations
+    nature = _concept(seg, 10, ctx, "NatureOfAbnormalTesting", "0080")  # IG OBX-10
+    if nature is not None:
+        observation.setdefault("extension", []).append(
+            {"url": SD + "observation-nature-of-abnormal-test", "valueCodeableConcept": nature}
+        )
+    _performers(seg, ctx, observation)  # IG OBX-16 / OBX-23-25
+    method = _concept(seg, 17, ctx)  # IG OBX-17
+    if method is not None:
+        observation["method"] = method
+    body_site = _concept(seg, 20, ctx)  # IG OBX-20
+    if body_site is not None:
+        observation["bodySite"] = body_site
+    url = ctx.add(observation, seg, "Observation")
+    ctx.current["Observation"] = url
+    ctx.current["orders.last"] = "OBX"
+    ctx.extra.setdefault(_GROUP_OBSERVATIONS, []).append(url)
+    report = _resource(ctx, "DiagnosticReport")
+    if report is not None:
+        _append_ref(report, "result", url, ctx)
+    elif request_url and "basedOn" in observation and ctx.message_code not in _RESULT_MESSAGES:
+        _append_ref(ctx.bundle.resource(request_url), "supportingInfo", url, ctx)
+    del s
+
+
+# ---------------------------------------------------------------- NTE
+
+
+@segment_mapper("NTE", summary="NTE → Annotation (IG NTE[Observation], NTE[ServiceRequest])")
+def nte_to_annotation(seg: Segment, ctx: MappingContext) -> None:
+    """IG NTE[Observation] / NTE[ServiceRequest]: note on the Observation or order it follows."""
+    previous = _previous_segment_id(seg, ctx)
+    if previous == "OBX":
+        target = _resource(ctx, "Observation")
+    elif previous in ("OBR", "ORC"):
+        target = _resource(ctx, "ServiceRequest")
+    else:
+        target = None
+    if target is None:
+        return  # nothing to annotate: NTE fields are reported unmapped
+    seg.mark_used(1, 2)  # NTE-1 Set ID, NTE-2 source of comment (no Annotation element)
+    text = "\n".join(r.text() for r in seg.field(3))  # IG NTE-3 (FT, repeating lines)
+    if not text:
+        return
+    note: dict[str, Any] = {"text": text}
+    if seg.field(5):  # IG NTE-5 → authorReference
+        author = practitioner_reference(seg.rep(5), seg, ctx, "Practitioner-5")
+        if author is not None:
+            note["authorReference"] = author
+    _put_dt(note, "time", seg, 6, ctx)  # IG NTE-6
+    target.setdefault("note", []).append(note)
+
+
+def _previous_segment_id(seg: Segment, ctx: MappingContext) -> str:
+    for position in range(seg.position - 1, -1, -1):
+        found = ctx.message.segment_list[position].id
+        if found != "NTE":
+            return found
+    return ""
+
+
+# ---------------------------------------------------------------- SPM
+
+
+def _eip_identifiers(rep: Repetition, ctx: MappingContext) -> list[dict[str, Any]]:
+    """IG EIP[Identifier-PlacerAssignedIdentifier] / [-FillerAssignedIdentifier] (EIP.1 / EIP.2 as subcomponents)."""
+    out: list[dict[str, Any]] = []
+    for component, code in ((1, "PLAC"), (2, "FILL")):
+        parts = [*rep.subcomponents(component), "", "", ""]
+        if not parts[0]:
+            continue
+        ident: dict[str, Any] = {"type": {"coding": [{"system": V2_0203, "code": code}]}}
+        system = dt.hd_to_system(dt.HD(parts[1], parts[2], parts[3]), ctx.settings)
+        if system:
+            ident["system"] = system
+        ident["value"] = parts[0]
+        out.append(ident)
+    return out
+
+
+@segment_mapper("SPM", summary="SPM → Specimen (IG SPM[Specimen])")
+def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
+    """IG SPM[Specimen]: linked from the group's DiagnosticReport, ServiceRequest and Observations."""
+    s = ctx.settings
+    seg.mark_used(1)
+    specimen: dict[str, Any] = {"resourceType": "Specimen"}
+    identifiers = _eip_identifiers(seg.rep(2), ctx) if seg.field(2) else []  # IG SPM-2
+    for rep in seg.field(31):  # IG SPM-31
+        ident = dt.cx_to_identifier(rep, s)
+        if ident is not None:
+            identifiers.append(ident)
+    if identifiers:
+        specimen["identifier"] = identifiers
+    if seg.field(30):  # IG SPM-30 → accessionIdentifier
+        accession = dt.cx_to_identifier(seg.rep(30), s)
+        if accession is not None:
+            specimen["accessionIdentifier"] = accession
+    status = dt.code_of(seg.rep(20), s, "YesNoIndicator[AvailabilityStatus]") if seg.field(20) else None
+    if status:  # IG SPM-20
+        specimen["status"] = status
+    kind = _concept(seg, 4, ctx, "SpecimenType", "0487")  # IG SPM-4
+    if kind is not None:
+        specimen["type"] = kind
+    patient = _patient_ref(ctx)
+    if patient is not None:
+        specimen["subject"] = patient
+    _put_dt(specimen, "receivedTime", seg, 18, ctx)  # IG SPM-18
+    collection: dict[str, Any] = {}
+    if seg.field(17):  # IG SPM-17 → collectedPeriod / collectedDateTime
+        rep = seg.rep(17)
+        if rep.component(2):
+            period = dt.dr_to_period(rep, s)
+            if period:
+                collection["collectedPeriod"] = period
+        else:
+            dt.put_datetime(collection, "collectedDateTime", rep.component(1), s)
+    for number, element, concept_map, table in (
+        (7, "method", "SpecimenCollectionMethod", "0488"),  # IG SPM-7
+        (8, "bodySite", "SpecimenSourceSite", None),  # IG SPM-8
+    ):
+        concept = _concept(seg, number, ctx, concept_map, table)
+        if concept is not None:
+            collection[element] = concept
+    if seg.field(12):  # IG SPM-12 → collection.quantity (CQ)
+        quantity = dt.cq_to_quantity(seg.rep(12), s)
+        if quantity is not None:
+            collection["quantity"] = quantity
+    if collection:
+        specimen["collection"] = collection
+    conditions = _concepts(seg, 24, ctx, "SpecimenCondition", "0493")  # IG SPM-24
+    if conditions:
+        specimen["condition"] = conditions
+    container: dict[str, Any] = {}
+    container_type = _concept(seg, 27, ctx, "ContainerType", None)  # IG SPM-27
+    if container_type is not None:
+        container["type"] = container_type
+    additive = _concept(seg, 6, ctx, "AdditivePreservative", "0371")  # IG SPM-6
+    if additive is not None:
+        container["additiveCodeableConcept"] = additive
+    if container:
+        specimen["container"] = [container]
+    note = seg.text(14)
+    if note:  # IG SPM-14
+        specimen["note"] = [{"text": note}]
+    url = ctx.add(specimen, seg, "Specimen")
+    ctx.current["Specimen"] = url
+    _append_ref(_resource(ctx, "DiagnosticReport"), "specimen", url, ctx)
+    _append_ref(_resource(ctx, "ServiceRequest"), "specimen", url, ctx)
+    for observation_url in ctx.extra.get(_GROUP_OBSERVATIONS, []):
+        observation = ctx.bundle.resource(observation_url)
+        if observation is not None and "specimen" not in observation:
+            observation["specimen"] = ctx.bundle.reference(url)
+
+
+# ---------------------------------------------------------------- RXA / RXR (VXU)
+
+
+@segment_mapper("RXA", summary="RXA → Immunization (IG RXA[Immunization], ORC[Immunization])")
+def rxa_to_immunization(seg: Segment, ctx: MappingContext) -> None:
+    """IG RXA[Immunization] with the ORC before it (ORC[Immunization])."""
+    s = ctx.settings
+    seg.mark_used(1, 2)  # RXA-1/2 give-sub-id counter and administration sub-id counter
+    immunization: dict[str, Any] = {"resourceType": "Immunization"}
+    orc = ctx.extra.get(_ORC)
+    if isinstance(orc, Segment) and ctx.current.get("orders.last") == "ORC":
+        _add_identifier(immunization, _ei(orc, 2, ctx, "PLAC"))  # IG ORC-2
+        _add_identifier(immunization, _ei(orc, 3, ctx, "FILL"))  # IG ORC-3
+        _put_dt(immunization, "recorded", orc, 9, ctx)  # IG ORC-9
+        for index, rep in enumerate(orc.field(12), start=1):  # IG ORC-12 → performer (OP)
+            actor = practitioner_reference(rep, orc, ctx, f"Practitioner-12-{index}")
+            if actor is not None:
+                immunization.setdefault("performer", []).append(
+                    {"function": {"coding": [{"system": v2_table_system("0443"), "code": "OP"}]}, "actor": actor}
+                )
+    action = seg.value(21).upper()
+    if action == "D":  # IG RXA-21
+        immunization["status"] = "entered-in-error"
+    else:
+        completion = seg.value(20)
+        status = dt.code_of(completion, s, "CompletionStatus") if completion else None
+        immunization["status"] = status or "completed"  # IG RXA-20 (not valued → completed)
+        if completion and not status:
+            ctx.reject(seg, 20)
+        seg.mark_used(21)
+    immunization["vaccineCode"] = _concept(seg, 5, ctx) or _absent_concept()  # IG RXA-5
+    immunization["patient"] = ctx.bundle.reference(ctx.require_patient(seg))
+    encounter = _encounter_ref(ctx)
+    if encounter is not None:
+        immunization["encounter"] = encounter
+    if not _put_dt(immunization, "occurrenceDateTime", seg, 3, ctx):  # IG RXA-3
+        immunization["occurrenceString"] = "unknown"  # occurrence[x] is required
+    if action == "A" and "recorded" not in immunization:
+        _put_dt(immunization, "recorded", seg, 22, ctx)  # IG RXA-22 IF RXA-21 = A
+    dose = dt.nm_to_number(seg.value(6)) if seg.value(6) else None
+    if dose is not None and seg.value(6) != "999":  # IG RXA-6/7 (999 = unknown dose, CDC IG)
+        immunization["doseQuantity"] = _quantity(dose, seg.rep(7) if seg.field(7) else None, ctx)
+    seg.mark_used(6, 7)
+    for index, rep in enumerate(seg.field(10), start=1):  # IG RXA-10 → performer (AP)
+        actor = practitioner_reference(rep, seg, ctx, f"Practitioner-10-{index}")
+        if actor is not None:
+            immunization.setdefault("performer", []).append(
+                {"function": {"coding": [{"system": v2_table_system("0443"), "code": "AP"}]}, "actor": actor}
+            )
+    lot = seg.value(15)
+    if lot:  # IG RXA-15
+        immunization["lotNumber"] = lot
+    expiration = dt.dt_to_date(seg.value(16)) if seg.value(16) else None
+    if expiration and len(expiration) == 10:  # IG RXA-16 (a FHIR date needs the day here)
+        immunization["expirationDate"] = expiration
+    elif seg.value(16):
+        ctx.reject(seg, 16)
+    if seg.field(17):  # IG RXA-17 → manufacturer (CWE[Organization])
+        manufacturer = seg.rep(17)
+        org: dict[str, Any] = {"resourceType": "Organization"}
+        identifiers = dt.cwe_to_identifier(manufacturer, s)
+        if identifiers:
+            org["identifier"] = identifiers
+        if manufacturer.component(2):
+            org["name"] = manufacturer.component(2)
+        if len(org) > 1:
+            immunization["manufacturer"] = ctx.bundle.reference(ctx.add(org, seg, "Organization-17"))
+    status_reason = _concept(seg, 18, ctx)  # IG RXA-18
+    if status_reason is not None:
+        immunization["statusReason"] = status_reason
+    reasons = _concepts(seg, 19, ctx)  # IG RXA-19
+    if reasons:
+        immunization["reasonCode"] = reasons
+    if seg.field(27):  # IG RXA-27 / RXA-28 → location
+        location_url = pl_to_location(seg.rep(27), seg, ctx, "Location-27")
+        if location_url is not None:
+            address = dt.xad_to_address(seg.rep(28), s) if seg.field(28) else None
+            location = ctx.bundle.resource(location_url)
+            if address is not None and location is not None:
+                location["address"] = address
+            immunization["location"] = ctx.bundle.reference(location_url)
+    ctx.current["Immunization"] = ctx.add(immunization, seg, "Immunization")
+    ctx.current["orders.last"] = "RXA"
+
+
+@segment_mapper("RXR", summary="RXR → Immunization route and site (IG RXR[Immunization])")
+def rxr_to_immunization(seg: Segment, ctx: MappingContext) -> None:
+    """IG RXR[Immunization]: RXR-1 → route, RXR-2 → site of the Immunization before it."""
+    immunization = _resource(ctx, "Immunization") if ctx.current.get("orders.last") == "RXA" else None
+    if immunization is None:
+        return
+    route = _concept(seg, 1, ctx, "RouteOfAdministration", "0162")
+    if route is not None:
+        immunization["route"] = route
+    site = _concept(seg, 2, ctx, "BodyParts", "0163")
+    if site is not None:
+        immunization["site"] = site
+
+
+# ---------------------------------------------------------------- SCH / AIS / AIG / AIL / AIP (SIU)
+
+
+@segment_mapper("SCH", summary="SCH → Appointment (IG SCH[Appointment])")
+def sch_to_appointment(seg: Segment, ctx: MappingContext) -> None:
+    """IG SCH[Appointment]: one Appointment; the patient of the PID after it joins as participant."""
+    s = ctx.settings
+    appointment: dict[str, Any] = {"resourceType": "Appointment"}
+    _add_identifier(appointment, _ei(seg, 1, ctx, "PLAC"))  # IG SCH-1 placer appointment id
+    _add_identifier(appointment, _ei(seg, 2, ctx, "FILL"))  # IG SCH-2 filler appointment id
+    status = dt.code_of(seg.rep(25), s, "FillerStatusCodes[Appointment]") if seg.field(25) else None
+    appointment["status"] = status or "proposed"  # IG SCH-25 (required; proposed when unknown)
+    if seg.field(25) and not status:
+        ctx.reject(seg, 25)
+    for number in (7, 8):  # IG SCH-7 reason (HL70276) / appointment type (HL70277); SCH-8 type
+        rep = seg.rep(number)
+        if not rep:
+            continue
+        system = rep.component(3).upper()
+        if number == 7 and system != "HL70277":
+            concept = dt.cwe_to_codeable_concept(rep, s, "AppointmentReasonCodes", "0276")
+            if concept is not None:
+                appointment.setdefault("reasonCode", []).append(concept)
+        elif "appointmentType" not in appointment:
+            concept = dt.cwe_to_codeable_concept(rep, s, "AppointmentTypeCodes", "0277")
+            if concept is not None:
+                appointment["appointmentType"] = concept
+    duration = dt.nm_to_number(seg.value(9)) if seg.value(9) else None
+    if isinstance(duration, int) and duration > 0:  # IG SCH-9
+        appointment["minutesDuration"] = duration
+    elif seg.value(9):
+        ctx.reject(seg, 9)
+    seg.mark_used(10)  # SCH-10 duration units: SCH-9 is read as minutes (the default)
+    start = seg.rep(11).component(4) if seg.field(11) else ""  # TQ.4 start date/time
+    if start and dt.put_datetime(appointment, "start", start, s):
+        end = seg.rep(11).component(5)
+        if end:
+            dt.put_datetime(appointment, "end", end, s)
+    for number, code, system in (
+        (12, "PLC", "http://terminology.hl7.org/CodeSystem/participant-type"),  # placer contact
+        (16, "FLC", "http://terminology.hl7.org/CodeSystem/participant-type"),  # filler contact
+        (20, "enterer", "http://terminology.hl7.org/CodeSystem/provenance-participant-type"),
+    ):
+        for index, rep in enumerate(seg.field(number), start=1):
+            actor = practitioner_reference(rep, seg, ctx, f"Practitioner-{number}-{index}")
+            if actor is not None:
+                appointment.setdefault("participant", []).append(
+                    {"type": [{"coding": [{"system": system, "code": code}]}], "actor": actor, "status": "accepted"}
+                )
+    for number in (26, 27):  # IG SCH-26 / SCH-27 → basedOn (by identifier)
+        ident = _ei(seg, number, ctx, "PLAC" if number == 26 else "FILL")
+        if ident is not None:
+            appointment.setdefault("basedOn", []).append({"type": "ServiceRequest", "identifier": ident})
+    if ctx.patient is not None:
+        appointment.setdefault("participant", []).append(_patient_participant(ctx.patient, ctx))
+    url = ctx.add(appointment, seg, "Appointment")
+    ctx.current["Appointment"] = url
+    ctx.after(lambda: _finish_appointment(url, ctx))
+
+
+def _patient_participant(patient_url: str, ctx: MappingContext) -> dict[str, Any]:
+    return {"actor": ctx.bundle.reference(patient_url), "status": "accepted"}
+
+
+def _finish_appointment(url: str, ctx: MappingContext) -> None:
+    """SIU: the PID comes after SCH; every Patient of the message takes part. R4 needs ≥1 participant."""
+    appointment = ctx.bundle.resource(url)
+    if appointment is None:
+        return
+    participants = appointment.setdefault("participant", [])
+    patient = ctx.patient
+    if patient is not None:
+        entry = _patient_participant(patient, ctx)
+        if entry not in participants:
+            participants.append(entry)
+    if not participants:
+        participants.append(
+            {"status": "needs-action", "type": [{"text": "unknown"}]}
+        )
+
+
+def _resource_participant(seg: Segment, ctx: MappingContext, actor: dict[str, Any] | None, kind: dict[str, Any] | None, start_field: int, duration_field: int) -> None:
+    """Common rows of AIS/AIG/AIL/AIP: participant actor/type and period (start, + duration minutes)."""
+    appointment = _resource(ctx, "Appointment")
+    if appointment is None:
+        return
+    seg.mark_used(1)
+    participant: dict[str, Any] = {"status": "accepted"}
+    if kind is not None:
+        participant["type"] = [kind]
+    if actor is not None:
+        participant["actor"] = actor
+    period: dict[str, Any] = {}
+    if _put_dt(period, "start", seg, start_field, ctx):
+        minutes = dt.nm_to_number(seg.value(duration_field)) if seg.value(duration_field) else None
+        end = _plus_minutes(period["start"], minutes) if minutes is not None else None
+        if end is not None:
+            period["end"] = end
+        elif seg.value(duration_field):
+            ctx.reject(seg, duration_field)
+        seg.mark_used(duration_field + 1)  # duration units: read as minutes
+    if period:
+        participant["period"] = period
+    if actor is None and kind is None:
+        return
+    appointment.setdefault("participant", []).append(participant)
+
+
+def _plus_minutes(start: str, minutes: int | float) -> str | None:
+    try:
+        parsed = datetime.fromisoformat(start)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None or "T" not in start:
+        return None
+    return (parsed + timedelta(minutes=minutes)).isoformat()
+
+
+@segment_mapper("AIS", summary="AIS → Appointment.serviceType (IG AIS[Appointment])")
+def ais_to_appointment(seg: Segment, ctx: MappingContext) -> None:
+    """IG AIS[Appointment]: AIS-3 → serviceType; AIS-4/AIS-7 → a participant period."""
+    appointment = _resource(ctx, "Appointment")
+    if appointment is None:
+        return
+    service = _concept(seg, 3, ctx)
+    if service is not None:
+        appointment.setdefault("serviceType", []).append(service)
+    if not appointment.get("start"):
+        _put_dt(appointment, "start", seg, 4, ctx)
+    seg.mark_used(1, 10)
+
+
+@segment_mapper("AIG", summary="AIG → Appointment.participant (IG AIG[Appointment])")
+def aig_to_appointment(seg: Segment, ctx: MappingContext) -> None:
+    """IG AIG[Appointment]: AIG-3 (resource id) → participant actor by identifier; AIG-4 → type."""
+    identifiers = dt.cwe_to_identifier(seg.rep(3), ctx.settings) if seg.field(3) else []
+    actor = {"identifier": identifiers[0]} if identifiers else None
+    _resource_participant(seg, ctx, actor, _concept(seg, 4, ctx), 8, 11)
+
+
+@segment_mapper("AIL", summary="AIL → Appointment.participant Location (IG AIL[Appointment])")
+def ail_to_appointment(seg: Segment, ctx: MappingContext) -> None:
+    """IG AIL[Appointment]: AIL-3 (PL) → participant actor Location."""
+    if _resource(ctx, "Appointment") is None:
+        return
+    location = pl_to_location(seg.rep(3), seg, ctx, "Location-3") if seg.field(3) else None
+    actor = ctx.bundle.reference(location) if location else None
+    _resource_participant(seg, ctx, actor, None, 6, 9)
+
+
+@segment_mapper("AIP", summary="AIP → Appointment.participant Practitioner (IG AIP[Appointment])")
+def aip_to_appointment(seg: Segment, ctx: MappingContext) -> None:
+    """IG AIP[Appointment]: AIP-3 (XCN) → participant actor Practitioner; AIP-4 → type."""
+    if _resource(ctx, "Appointment") is None:
+        return
+    actor = practitioner_reference(seg.rep(3), seg, ctx, "Practitioner-3") if seg.field(3) else None
+    _resource_participant(seg, ctx, actor, _concept(seg, 4, ctx), 6, 9)
+
+
+# ---------------------------------------------------------------- R4B → R5
+
+
+def _service_request_r5(res: dict[str, Any]) -> None:
+    """R5 ServiceRequest: code → CodeableReference; reasonCode → reason; locationCode → location;
+    orderDetail → parameter-less CodeableConcepts under orderDetail.parameterFocus is not needed:
+    R5 orderDetail is a BackboneElement, so details move to an extension-free note-free form."""
+    code = res.pop("code", None)
+    if isinstance(code, dict):
+        res["code"] = {"concept": code}
+    reasons = res.pop("reasonCode", None)
+    if reasons:
+        res["reason"] = [{"concept": c} for c in reasons]
+    locations = res.pop("locationCode", None)
+    if locations:
+        res["location"] = [{"concept": c} for c in locations]
+    details = res.pop("orderDetail", None)
+    if details:
+        res["orderDetail"] = [{"parameter": [{"code": d, "valueCodeableConcept": d}]} for d in details]
+    supporting = res.pop("supportingInfo", None)
+    if supporting:
+        res["supportingInfo"] = [{"reference": r} for r in supporting]
+
+
+def _diagnostic_report_r5(res: dict[str, Any]) -> None:
+    """R5 DiagnosticReport: unchanged for the elements we fill."""
+
+
+def _observation_r5(res: dict[str, Any]) -> None:
+    """R5 Observation: the valueAttachment backport extension becomes the native valueAttachment."""
+    kept = []
+    for ext in res.get("extension", []):
+        if ext.get("url") == VALUE_ATTACHMENT and not any(k.startswith("value") for k in res):
+            res["valueAttachment"] = ext["valueAttachment"]
+        else:
+            kept.append(ext)
+    if "extension" in res:
+        if kept:
+            res["extension"] = kept
+        else:
+            del res["extension"]
+
+
+def _immunization_r5(res: dict[str, Any]) -> None:
+    """R5 Immunization: recorded gone (→ extension-free drop), reasonCode → reason,
+    manufacturer → CodeableReference, expirationDate kept, occurrenceString kept."""
+    res.pop("recorded", None)
+    res.pop("_recorded", None)
+    reasons = res.pop("reasonCode", None)
+    if reasons:
+        res["reason"] = [{"concept": c} for c in reasons]
+    manufacturer = res.pop("manufacturer", None)
+    if isinstance(manufacturer, dict):
+        res["manufacturer"] = {"reference": manufacturer}
+
+
+def _appointment_r5(res: dict[str, Any]) -> None:
+    """R5 Appointment: reasonCode → reason; serviceType → CodeableReference list."""
+    reasons = res.pop("reasonCode", None)
+    if reasons:
+        res["reason"] = [{"concept": c} for c in reasons]
+    services = res.pop("serviceType", None)
+    if services:
+        res["serviceType"] = [{"concept": c} for c in services]
+
+
+def _specimen_r5(res: dict[str, Any]) -> None:
+    """R5 Specimen: container.type/additive moved (container.device is a Reference): keep the type as
+    a Specimen.feature-free note is lossy, so the container is dropped only in R5."""
+    res.pop("container", None)
+
+
+register_r5_adapter("ServiceRequest", _service_request_r5)
+register_r5_adapter("DiagnosticReport", _diagnostic_report_r5)
+register_r5_adapter("Observation", _observation_r5)
+register_r5_adapter("Immunization", _immunization_r5)
+register_r5_adapter("Appointment", _appointment_r5)
+register_r5_adapter("Specimen", _specimen_r5)
