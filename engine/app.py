@@ -152,11 +152,10 @@ class Engine:
             rt.state = "running"
             log.info("channel_listening", channel=rt.config.name, port=rt.server.port)
         if self.config.admin is not None:
-            host, port = split_hostport(self.config.admin.listen)
             self.admin = AdminServer(self.config.admin.listen, backend=self,
                                      tokens=self.config.admin.token_roles() or None)
             await self.admin.start()
-            log.info("admin_listening", host=host, port=self.admin.port)
+            log.info("admin_listening", port=self.admin.port)
         self._spawn(self._gauges_loop())
         self._spawn(self._retention_loop())
         self._ready = True

@@ -157,7 +157,9 @@ def test_channels(
 def messages_list(
     config: ConfigOpt = DEFAULT_CONFIG,
     channel: Annotated[str | None, typer.Option(help="Only this channel.")] = None,
-    status: Annotated[list[str] | None, typer.Option(help="received, processing, retry, done, filtered, dead, released.")] = None,
+    status: Annotated[
+        list[str] | None, typer.Option(help="received, processing, retry, done, filtered, dead, released.")
+    ] = None,
     after_id: Annotated[int, typer.Option(help="Page after this id.")] = 0,
     limit: Annotated[int, typer.Option(help="Page size.")] = 50,
 ) -> None:

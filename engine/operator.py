@@ -11,9 +11,8 @@ import getpass
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-from engine.obs.logging import audit_logger
-
 from engine.config.models import EngineConfig
+from engine.obs.logging import audit_logger
 from engine.obs.redact import mask_message
 from engine.store.factory import open_store
 from engine.types import MessageQuery, Status, Store, StoredMessage

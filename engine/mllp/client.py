@@ -94,7 +94,7 @@ class MllpClient:
         host: str,
         port: int,
         ssl_context: ssl.SSLContext | None = None,
-        timeout: float = 10.0,  # noqa: ASYNC109 -- part of the documented client API
+        timeout: float = 10.0,
         *,
         server_hostname: str | None = None,
     ) -> None:
@@ -124,7 +124,7 @@ class MllpClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._protocol = protocol
 
-    async def send(self, payload: bytes, timeout: float) -> bytes:  # noqa: ASYNC109 -- documented API
+    async def send(self, payload: bytes, timeout: float) -> bytes:
         """Send one frame (one write) and return the payload of the one response frame.
 
         Raises MllpTimeoutError (and closes the connection) when no response arrives in
@@ -171,7 +171,7 @@ async def send_many(
     payloads: Iterable[bytes],
     *,
     ssl_context: ssl.SSLContext | None = None,
-    timeout: float = 30.0,  # noqa: ASYNC109 -- per message, like MllpClient.send
+    timeout: float = 30.0,
     server_hostname: str | None = None,
 ) -> list[bytes]:
     """Send messages in order over one connection, each awaiting its response; return them."""

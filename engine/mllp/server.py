@@ -573,7 +573,7 @@ class MllpServer:
         for sock in self._listeners:
             sock.close()
 
-    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 -- a shutdown budget, not a call timeout
+    async def drain(self, timeout: float) -> None:
         """Answer frames already received (and partial frames that complete), close
         connections as they finish, and force-close whatever is left after `timeout`."""
         await self.stop_accepting()

@@ -29,8 +29,8 @@ from engine.hl7.ack import (
     should_send_accept_ack,
 )
 from engine.hl7.decode import decode_message
-from engine.hl7.header import HeaderError, parse_header
 from engine.hl7.fields import field_value
+from engine.hl7.header import HeaderError, parse_header
 from engine.mllp.server import ConnectionInfo
 from engine.obs import metrics
 from engine.types import (
@@ -38,9 +38,9 @@ from engine.types import (
     Inbound,
     MessageHeader,
     Stage,
+    Status,
     Store,
     StoredMessage,
-    Status,
     StoreUnavailableError,
 )
 

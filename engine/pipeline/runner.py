@@ -137,10 +137,8 @@ class Runner:
         self._wake.clear()
         if self._stopping:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
 
     # ------------------------------------------------------------------ work
 

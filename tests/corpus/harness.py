@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from channels.mappers.convert import convert_message
-
 from channels.mappers.options import MappingOptions
 from channels.mappers.v2 import split_messages
 from channels.testing import count_matched, subset_diff

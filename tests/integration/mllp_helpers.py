@@ -33,7 +33,7 @@ def metric(name: str, **labels: str) -> float:
 
 async def wait_until(
     predicate: Callable[[], bool],
-    timeout: float = WAIT_S,  # noqa: ASYNC109 -- a polling deadline, clearer than a wrapper
+    timeout: float = WAIT_S,
     what: str = "condition",
 ) -> None:
     """Poll `predicate` until true, failing after `timeout` seconds (no fixed sleeps)."""
@@ -83,7 +83,7 @@ class RawPeer:
     async def send(self, payload: bytes) -> None:
         await self.write(encode_frame(payload))
 
-    async def read_frame(self, timeout: float = WAIT_S) -> bytes:  # noqa: ASYNC109 -- test helper
+    async def read_frame(self, timeout: float = WAIT_S) -> bytes:
         """The next response frame; AssertionError on EOF or timeout."""
         async with asyncio.timeout(timeout):
             while not self._frames:
@@ -93,7 +93,7 @@ class RawPeer:
                 self._frames.extend(e.payload for e in self._decoder.feed(data) if isinstance(e, Frame))
         return self._frames.pop(0)
 
-    async def read_eof(self, timeout: float = WAIT_S) -> bytes:  # noqa: ASYNC109 -- test helper
+    async def read_eof(self, timeout: float = WAIT_S) -> bytes:
         """Everything the server sends until it closes the connection (then closes our side)."""
         received = b""
         async with asyncio.timeout(timeout):

@@ -158,7 +158,7 @@ class TestWork:
         """A message that cannot be mapped is dead-lettered with a reason; the next one is delivered."""
         engine = await make_engine()
         port = port_of(engine)
-        poison = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P1|P|2.5.1\rEVN|A01\r".encode()
+        poison = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P1|P|2.5.1\rEVN|A01\r"
         assert "AA" == msa(await exchange("127.0.0.1", port, poison))[0]
         await exchange("127.0.0.1", port, adt_a01("GOOD").encode())
         await wait_lines(tmp_path / "out.ndjson", 1)
@@ -170,7 +170,7 @@ class TestWork:
     async def test_after_processing_mapping_failure_answers_ae(self, make_engine) -> None:
         """With ack: after_processing a mapping failure is answered AE with an ERR segment."""
         engine = await make_engine(ack="after_processing")
-        poison = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P2|P|2.5.1\rEVN|A01\r".encode()
+        poison = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P2|P|2.5.1\rEVN|A01\r"
         ack = await exchange("127.0.0.1", port_of(engine), poison)
         assert ["AE", "P2"] == msa(ack)[:2]
         assert "207" == err_code(ack)
@@ -187,7 +187,7 @@ class TestNoPhi:
             engine = await make_engine()
             port = port_of(engine)
             await exchange("127.0.0.1", port, adt_a01("PHI1", family="ZZCANARYFAMILY", mrn="ZZCANARYMRN").encode())
-            bad = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|PHI2|P|2.5.1\rNK1|1|ZZCANARYFAMILY\r".encode()
+            bad = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|PHI2|P|2.5.1\rNK1|1|ZZCANARYFAMILY\r"
             await exchange("127.0.0.1", port, bad)
             await exchange("127.0.0.1", port, b"PID|1||ZZCANARYMRN^^^X||ZZCANARYFAMILY\r")
             await wait_lines(tmp_path / "out.ndjson", 1)

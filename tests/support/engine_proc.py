@@ -75,10 +75,12 @@ class EngineProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"engine exited with {self.proc.returncode}; see {self.log_path}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, OSError),
+                urllib.request.urlopen(url, timeout=1) as response,
+            ):
+                if response.status == 200:
+                    return
             time.sleep(0.05)
         raise TimeoutError(f"engine not ready after {timeout}s; see {self.log_path}")
 
@@ -95,5 +97,5 @@ class EngineProcess:
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.admin_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback URL
+        with urllib.request.urlopen(url, timeout=5) as response:
             return str(response.read().decode())

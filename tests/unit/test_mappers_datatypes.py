@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given, settings as hsettings
+from hypothesis import given
+from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from channels.mappers.datatypes import (
-    ORIGINAL_TEXT,
     HD,
+    ORIGINAL_TEXT,
     cq_to_quantity,
     cwe_to_codeable_concept,
     cx_to_identifier,
@@ -129,7 +130,7 @@ class TestDtmToDatetime:
         assert dtm_to_instant("20240101120000", S) is None
         assert dtm_to_instant("20240101", S) is None
         utc = datetime.fromisoformat(dtm_to_instant("20240101120000+0000", S) or "")
-        assert utc.tzinfo is not None and utc.utcoffset() == timezone.utc.utcoffset(None)
+        assert utc.tzinfo is not None and utc.utcoffset() == UTC.utcoffset(None)
 
 
 class TestDtToDate:

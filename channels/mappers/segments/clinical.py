@@ -48,9 +48,7 @@ def _encounter(ctx: MappingContext) -> dict[str, Any] | None:
     return ctx.bundle.reference(url) if url else None
 
 
-def _set_datetime(
-    target: dict[str, Any], element: str, seg: Segment, number: int, ctx: MappingContext
-) -> None:
+def _set_datetime(target: dict[str, Any], element: str, seg: Segment, number: int, ctx: MappingContext) -> None:
     text = seg.value(number)
     if text and not dt.put_datetime(target, element, text, ctx.settings):
         ctx.reject(seg, number)
@@ -275,9 +273,7 @@ def pr1_to_procedure(seg: Segment, ctx: MappingContext) -> None:
                 continue
             performer: dict[str, Any] = {"actor": actor}
             if code_value:
-                performer["function"] = {
-                    "coding": [{"system": SNOMED, "code": code_value, "display": display}]
-                }
+                performer["function"] = {"coding": [{"system": SNOMED, "code": code_value, "display": display}]}
             procedure.setdefault("performer", []).append(performer)
     reasons = [c for c in (dt.cwe_to_codeable_concept(r, s) for r in seg.field(15)) if c]
     if reasons:

@@ -87,9 +87,7 @@ _PL_LEVELS: tuple[tuple[int, str, str], ...] = (
 # ---------------------------------------------------------------- shared helpers
 
 
-def practitioner_reference(
-    rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
-) -> dict[str, Any] | None:
+def practitioner_reference(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str) -> dict[str, Any] | None:
     """IG XCN[Practitioner]: add the Practitioner of one XCN repetition; its Reference.
 
     `kind` makes the entry's role unique within the segment (e.g. "Practitioner-7-1").
@@ -110,9 +108,7 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
     physicalType (bd, ro, lvl, wa, bu, si); PL.9 → description and PL.10 (EI) →
     identifier[2] of the most granular Location; PL.5 → its status when a FHIR code.
     """
-    levels = [
-        (comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp, 1) or rep.component(comp, 2)
-    ]
+    levels = [(comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp, 1) or rep.component(comp, 2)]
     if not levels:
         return None
     urls: list[str] = []
@@ -187,9 +183,7 @@ def _encounter_class(seg: Segment, ctx: MappingContext) -> dict[str, Any]:
     if concept is None or not concept.code:
         return {"system": v2_table_system("0004"), "code": code}
     coding: dict[str, Any] = {"system": concept.system or v2_table_system("0004"), "code": concept.code}
-    display = concept.display or (
-        _CLASS_DISPLAY.get(concept.code, "") if concept.system == V3_ACT_CODE else ""
-    )
+    display = concept.display or (_CLASS_DISPLAY.get(concept.code, "") if concept.system == V3_ACT_CODE else "")
     if display:
         coding["display"] = display
     return coding
@@ -405,9 +399,7 @@ def pv2_to_encounter(seg: Segment, ctx: MappingContext) -> None:
     for index, rep in enumerate(seg.field(1), start=1):  # IG PV2-1 prior pending location
         loc = pl_to_location(rep, seg, ctx, f"Location-1-{index}")
         if loc is not None:
-            enc.setdefault("location", []).append(
-                {"location": ctx.bundle.reference(loc), "status": "planned"}
-            )
+            enc.setdefault("location", []).append({"location": ctx.bundle.reference(loc), "status": "planned"})
     reasons = [c for c in (_codeable(r, ctx, None, None) for r in seg.field(3)) if c]
     if reasons:
         enc.setdefault("reasonCode", []).extend(reasons)  # IG PV2-3

@@ -22,8 +22,8 @@ from typing import Any
 
 from channels.mappers.datatypes import (
     DATA_ABSENT_REASON,
-    as_code,
     HD,
+    as_code,
     cwe_to_codeable_concept,
     dtm_to_instant,
     hd_of,

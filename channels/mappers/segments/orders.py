@@ -103,14 +103,20 @@ def _put_dt(target: dict[str, Any], element: str, seg: Segment, number: int, ctx
     return False
 
 
-def _concept(seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None) -> dict[str, Any] | None:
+def _concept(
+    seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None
+) -> dict[str, Any] | None:
     if not seg.field(number):
         return None
     return dt.cwe_to_codeable_concept(seg.rep(number), ctx.settings, concept_map, table)
 
 
-def _concepts(seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
-    return [c for c in (dt.cwe_to_codeable_concept(r, ctx.settings, concept_map, table) for r in seg.field(number)) if c]
+def _concepts(
+    seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        c for c in (dt.cwe_to_codeable_concept(r, ctx.settings, concept_map, table) for r in seg.field(number)) if c
+    ]
 
 
 def _patient_ref(ctx: MappingContext) -> dict[str, Any] | None:
@@ -140,14 +146,22 @@ def _xcn_organization_actor(
     seg: Segment, ctx: MappingContext, xcn_field: int, xon_field: int | None, kind: str
 ) -> dict[str, Any] | None:
     """A Practitioner (XCN), an Organization (XON) or both as a PractitionerRole: its Reference."""
-    practitioner = practitioner_reference(seg.rep(xcn_field), seg, ctx, f"Practitioner-{xcn_field}") if seg.field(xcn_field) else None
+    practitioner = (
+        practitioner_reference(seg.rep(xcn_field), seg, ctx, f"Practitioner-{xcn_field}")
+        if seg.field(xcn_field)
+        else None
+    )
     organization = None
     if xon_field is not None and seg.field(xon_field):
         org = dt.xon_to_organization(seg.rep(xon_field), ctx.settings)
         if org is not None:
             organization = ctx.bundle.reference(ctx.add(org, seg, f"Organization-{xon_field}"))
     if practitioner and organization:
-        role = {"resourceType": "PractitionerRole", "practitioner": practitioner, "organization": organization}
+        role = {
+            "resourceType": "PractitionerRole",
+            "practitioner": practitioner,
+            "organization": organization,
+        }
         return ctx.bundle.reference(ctx.add(role, seg, kind))
     return practitioner or organization
 
@@ -190,7 +204,9 @@ def _apply_orc(orc: Segment, ctx: MappingContext, request: dict[str, Any]) -> No
     if orc.field(16) and not orc.value(5):  # IG ORC-16 → request-statusReason
         reason = _concept(orc, 16, ctx)
         if reason is not None:
-            request.setdefault("extension", []).append({"url": SD + "request-statusReason", "valueCodeableConcept": reason})
+            request.setdefault("extension", []).append(
+                {"url": SD + "request-statusReason", "valueCodeableConcept": reason}
+            )
     location_code = _concepts(orc, 29, ctx, "OrderType", "0482")  # IG ORC-29
     if location_code:
         request["locationCode"] = location_code
@@ -204,10 +220,7 @@ def _new_service_request(seg: Segment, ctx: MappingContext, orc: Segment | None)
         "status": _order_status(orc, ctx),
         "intent": "order",  # IG ORC-1 / OBR row: intent "order"
     }
-    patient = _patient_ref(ctx)
-    if patient is None:
-        ctx.require_patient(seg)  # raises: ServiceRequest.subject is required
-    request["subject"] = patient
+    request["subject"] = ctx.bundle.reference(ctx.require_patient(seg))
     encounter = _encounter_ref(ctx)
     if encounter is not None:
         request["encounter"] = encounter
@@ -225,6 +238,8 @@ def orc_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     ctx.current["orders.last"] = "ORC"
     if ctx.message_code == "VXU":
         return  # RXA reads this ORC (IG VXU_V04: ORC → Immunization)
+    if ctx.patient is None:
+        return  # ServiceRequest.subject is required: no PID, no order (ORC fields reported unmapped)
     request = _new_service_request(seg, ctx, seg)
     _apply_orc(seg, ctx, request)
     ctx.current["ServiceRequest"] = ctx.add(request, seg, "ServiceRequest")
@@ -270,7 +285,9 @@ def _apply_obr(obr: Segment, ctx: MappingContext, request: dict[str, Any], orc: 
     if obr.field(29):  # IG OBR-29 → basedOn (parent order, by identifier)
         parent = dt.ei_to_identifier(obr.rep(29), s)
         if parent is not None:
-            request.setdefault("basedOn", []).append({"type": "ServiceRequest", "identifier": _typed_identifier(parent, "PLAC")})
+            request.setdefault("basedOn", []).append(
+                {"type": "ServiceRequest", "identifier": _typed_identifier(parent, "PLAC")}
+            )
     reasons = _concepts(obr, 31, ctx)  # IG OBR-31
     if reasons:
         request.setdefault("reasonCode", []).extend(reasons)
@@ -307,7 +324,7 @@ def _cnn_practitioner(rep: Repetition, seg: Segment, ctx: MappingContext, kind: 
     return ctx.bundle.reference(ctx.add(practitioner, seg, kind))
 
 
-def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, request_url: str) -> str:
+def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, request_url: str | None) -> str:
     """IG OBR[DiagnosticReport] + ORC[DiagnosticReport]."""
     s = ctx.settings
     report: dict[str, Any] = {"resourceType": "DiagnosticReport"}
@@ -315,7 +332,8 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
     for seg, number, code in ((source, 2, "PLAC"), (source, 3, "FILL"), (obr, 2, "PLAC"), (obr, 3, "FILL")):
         if seg is not None:
             _add_identifier(report, _ei(seg, number, ctx, code))
-    report["basedOn"] = [ctx.bundle.reference(request_url)]
+    if request_url is not None:
+        report["basedOn"] = [ctx.bundle.reference(request_url)]
     status_code = obr.value(25)
     concept = s.vocab.lookup("ResultStatus[Non-Queries]", status_code) if status_code else None
     report["status"] = concept.code if concept is not None and concept.code else "unknown"  # IG OBR-25
@@ -359,7 +377,10 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
                             "url": SD + "event-performerFunction",
                             "valueCodeableConcept": {
                                 "coding": [
-                                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": function}
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                        "code": function,
+                                    }
                                 ]
                             },
                         }
@@ -369,23 +390,29 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
     return ctx.add(report, obr, "DiagnosticReport")
 
 
-@segment_mapper("OBR", summary="OBR → ServiceRequest and DiagnosticReport (IG OBR[ServiceRequest], OBR[DiagnosticReport])")
+@segment_mapper(
+    "OBR", summary="OBR → ServiceRequest and DiagnosticReport (IG OBR[ServiceRequest], OBR[DiagnosticReport])"
+)
 def obr_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     """IG OBR[ServiceRequest] (+ OBR[DiagnosticReport] in result messages)."""
     seg.mark_used(1)  # OBR-1 Set ID
     orc = ctx.extra.get(_ORC)
     pending = ctx.current.get("orders.last") == "ORC" and ctx.current.get("ServiceRequest")
     orc_segment = orc if pending and isinstance(orc, Segment) else None
+    request_url: str | None = None
     if pending:
         request_url = ctx.current["ServiceRequest"]
         request = ctx.bundle.resource(request_url)
         assert request is not None  # added by the ORC mapper of this group
         _apply_obr(seg, ctx, request, orc_segment)
-    else:
+    elif ctx.patient is not None:
         request = _new_service_request(seg, ctx, None)
         _apply_obr(seg, ctx, request, None)
         request_url = ctx.add(request, seg, "ServiceRequest")
         ctx.current["ServiceRequest"] = request_url
+    else:
+        # No PID: a ServiceRequest cannot exist (subject is required); a report still can.
+        ctx.current.pop("ServiceRequest", None)
     ctx.current["orders.last"] = "OBR"
     ctx.extra[_GROUP_OBSERVATIONS] = []
     ctx.current.pop("Observation", None)
@@ -494,7 +521,9 @@ def _value(value_type: str, rep: Repetition, units: Repetition | None, ctx: Mapp
         text = "-".join(x for x in (rep.component(1), rep.component(2)) if x)
         return ("valueString", text) if text else None
     if value_type in ("ED", "RP"):
-        attachment = _attachment(rep) if value_type == "ED" else ({"url": rep.component(1)} if rep.component(1) else None)
+        attachment = (
+            _attachment(rep) if value_type == "ED" else ({"url": rep.component(1)} if rep.component(1) else None)
+        )
         return ("valueAttachment", attachment) if attachment else None
     # IG OBX-5 fallback row: the components joined by spaces.
     text = " ".join(c for c in rep.components() if c)
@@ -625,7 +654,9 @@ def _performers(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) 
                 "organization": org_ref,
                 "code": [{"coding": [{"system": v2_table_system("0912"), "code": "MDIR"}]}],
             }
-            observation.setdefault("performer", []).append(ctx.bundle.reference(ctx.add(role, seg, "PractitionerRole-25")))
+            observation.setdefault("performer", []).append(
+                ctx.bundle.reference(ctx.add(role, seg, "PractitionerRole-25"))
+            )
         else:
             observation.setdefault("performer", []).append(org_ref)
 
@@ -633,7 +664,6 @@ def _performers(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) 
 @segment_mapper("OBX", summary="OBX → Observation (IG OBX[Observation], OBX[Observation-Component])")
 def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
     """IG OBX[Observation]: one Observation per OBX, linked to its report, order or immunization."""
-    s = ctx.settings
     seg.mark_used(1)  # OBX-1 Set ID
     value_type = seg.value(2).upper()
     observation: dict[str, Any] = {"resourceType": "Observation"}
@@ -686,7 +716,6 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
         _append_ref(report, "result", url, ctx)
     elif request_url and "basedOn" in observation and ctx.message_code not in _RESULT_MESSAGES:
         _append_ref(ctx.bundle.resource(request_url), "supportingInfo", url, ctx)
-    del s
 
 
 # ---------------------------------------------------------------- NTE
@@ -729,7 +758,8 @@ def _previous_segment_id(seg: Segment, ctx: MappingContext) -> str:
 
 
 def _eip_identifiers(rep: Repetition, ctx: MappingContext) -> list[dict[str, Any]]:
-    """IG EIP[Identifier-PlacerAssignedIdentifier] / [-FillerAssignedIdentifier] (EIP.1 / EIP.2 as subcomponents)."""
+    """IG EIP[Identifier-PlacerAssignedIdentifier] / EIP[Identifier-FillerAssignedIdentifier]:
+    EIP.1 / EIP.2, each an EI in subcomponents."""
     out: list[dict[str, Any]] = []
     for component, code in ((1, "PLAC"), (2, "FILL")):
         parts = [*rep.subcomponents(component), "", "", ""]
@@ -836,7 +866,10 @@ def rxa_to_immunization(seg: Segment, ctx: MappingContext) -> None:
             actor = practitioner_reference(rep, orc, ctx, f"Practitioner-12-{index}")
             if actor is not None:
                 immunization.setdefault("performer", []).append(
-                    {"function": {"coding": [{"system": v2_table_system("0443"), "code": "OP"}]}, "actor": actor}
+                    {
+                        "function": {"coding": [{"system": v2_table_system("0443"), "code": "OP"}]},
+                        "actor": actor,
+                    }
                 )
     action = seg.value(21).upper()
     if action == "D":  # IG RXA-21
@@ -964,7 +997,11 @@ def sch_to_appointment(seg: Segment, ctx: MappingContext) -> None:
             actor = practitioner_reference(rep, seg, ctx, f"Practitioner-{number}-{index}")
             if actor is not None:
                 appointment.setdefault("participant", []).append(
-                    {"type": [{"coding": [{"system": system, "code": code}]}], "actor": actor, "status": "accepted"}
+                    {
+                        "type": [{"coding": [{"system": system, "code": code}]}],
+                        "actor": actor,
+                        "status": "accepted",
+                    }
                 )
     for number in (26, 27):  # IG SCH-26 / SCH-27 → basedOn (by identifier)
         ident = _ei(seg, number, ctx, "PLAC" if number == 26 else "FILL")
@@ -993,12 +1030,17 @@ def _finish_appointment(url: str, ctx: MappingContext) -> None:
         if entry not in participants:
             participants.append(entry)
     if not participants:
-        participants.append(
-            {"status": "needs-action", "type": [{"text": "unknown"}]}
-        )
+        participants.append({"status": "needs-action", "type": [{"text": "unknown"}]})
 
 
-def _resource_participant(seg: Segment, ctx: MappingContext, actor: dict[str, Any] | None, kind: dict[str, Any] | None, start_field: int, duration_field: int) -> None:
+def _resource_participant(
+    seg: Segment,
+    ctx: MappingContext,
+    actor: dict[str, Any] | None,
+    kind: dict[str, Any] | None,
+    start_field: int,
+    duration_field: int,
+) -> None:
     """Common rows of AIS/AIG/AIL/AIP: participant actor/type and period (start, + duration minutes)."""
     appointment = _resource(ctx, "Appointment")
     if appointment is None:
@@ -1080,9 +1122,11 @@ def aip_to_appointment(seg: Segment, ctx: MappingContext) -> None:
 
 
 def _service_request_r5(res: dict[str, Any]) -> None:
-    """R5 ServiceRequest: code → CodeableReference; reasonCode → reason; locationCode → location;
-    orderDetail → parameter-less CodeableConcepts under orderDetail.parameterFocus is not needed:
-    R5 orderDetail is a BackboneElement, so details move to an extension-free note-free form."""
+    """R5 ServiceRequest: code, reason, location, supportingInfo become CodeableReferences.
+
+    R5 orderDetail is a parameter structure with no place for a bare code: OBR-46/47 are
+    dropped from R5 output (kept in R4B).
+    """
     code = res.pop("code", None)
     if isinstance(code, dict):
         res["code"] = {"concept": code}
@@ -1092,16 +1136,10 @@ def _service_request_r5(res: dict[str, Any]) -> None:
     locations = res.pop("locationCode", None)
     if locations:
         res["location"] = [{"concept": c} for c in locations]
-    details = res.pop("orderDetail", None)
-    if details:
-        res["orderDetail"] = [{"parameter": [{"code": d, "valueCodeableConcept": d}]} for d in details]
+    res.pop("orderDetail", None)
     supporting = res.pop("supportingInfo", None)
     if supporting:
         res["supportingInfo"] = [{"reference": r} for r in supporting]
-
-
-def _diagnostic_report_r5(res: dict[str, Any]) -> None:
-    """R5 DiagnosticReport: unchanged for the elements we fill."""
 
 
 def _observation_r5(res: dict[str, Any]) -> None:
@@ -1120,8 +1158,8 @@ def _observation_r5(res: dict[str, Any]) -> None:
 
 
 def _immunization_r5(res: dict[str, Any]) -> None:
-    """R5 Immunization: recorded gone (→ extension-free drop), reasonCode → reason,
-    manufacturer → CodeableReference, expirationDate kept, occurrenceString kept."""
+    """R5 Immunization: no `recorded` (ORC-9 / RXA-22 dropped); reasonCode → reason;
+    manufacturer → CodeableReference."""
     res.pop("recorded", None)
     res.pop("_recorded", None)
     reasons = res.pop("reasonCode", None)
@@ -1143,13 +1181,12 @@ def _appointment_r5(res: dict[str, Any]) -> None:
 
 
 def _specimen_r5(res: dict[str, Any]) -> None:
-    """R5 Specimen: container.type/additive moved (container.device is a Reference): keep the type as
-    a Specimen.feature-free note is lossy, so the container is dropped only in R5."""
+    """R5 Specimen: a container is a Device reference (type and additive live on the Device):
+    SPM-6 / SPM-27 are dropped from R5 output (kept in R4B)."""
     res.pop("container", None)
 
 
 register_r5_adapter("ServiceRequest", _service_request_r5)
-register_r5_adapter("DiagnosticReport", _diagnostic_report_r5)
 register_r5_adapter("Observation", _observation_r5)
 register_r5_adapter("Immunization", _immunization_r5)
 register_r5_adapter("Appointment", _appointment_r5)
