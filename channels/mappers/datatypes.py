@@ -216,14 +216,16 @@ def dt_to_date(text: str) -> str | None:
 def put_datetime(target: dict[str, Any], element: str, text: str, s: Settings | None) -> bool:
     """Set ``target[element]`` from a v2 DTM (plus ``_element`` originalText when needed).
 
-    Returns False when the text is not a valid DTM (nothing is set).
+    Returns False when the text is not a valid DTM (nothing is set). On an Extension's
+    ``valueDateTime`` the originalText is not added: fhir.resources rejects ``_value[x]``
+    inside extensions, so such a value keeps date precision only (set ``timezone``).
     """
     result = dtm_to_datetime(text, s)
     if result is None:
         return False
     target[element] = result.value
     ext = result.primitive_extension()
-    if ext is not None:
+    if ext is not None and not (element.startswith("value") and "url" in target):
         target["_" + element] = ext
     return True
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import (
     CollectorRegistry,
+    disable_created_metrics,
     Counter,
     Gauge,
     Histogram,
@@ -17,6 +18,9 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+# `_created` series double the exposition and no dashboard of ours reads them.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -54,7 +58,7 @@ CONNECTIONS_CLOSED = Counter(
 )
 FRAMES_REJECTED = Counter(
     "hl7engine_frames_rejected_total",
-    "Frames that could not be read (no HL7 ACK sent): too_large, deadline, closed_mid_frame.",
+    "Frames that could not be read (no HL7 ACK sent): too_large, deadline, closed_mid_frame, interrupted.",
     ["channel", "reason"],
     registry=REGISTRY,
 )

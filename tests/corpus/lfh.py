@@ -312,9 +312,7 @@ def _java_string(literal: str) -> str:
 
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?[fFdDlL]?$")
 _ENUM = re.compile(r"^(?:[A-Z]\w*\.)+([A-Z][A-Z0-9_]*)$")
-_BIG_DECIMAL = re.compile(
-    r'^(?:new BigDecimal\(\s*"?([-\d.]+)"?\s*\)|BigDecimal\.valueOf\(\s*([-\d.]+)\s*\))$'
-)
+_BIG_DECIMAL = re.compile(r'^(?:new BigDecimal\(\s*"?([-\d.]+)"?\s*\)|BigDecimal\.valueOf\(\s*([-\d.]+)\s*\))$')
 
 
 def literal_value(expr: str) -> Any:
@@ -345,9 +343,7 @@ def _resources(bundle: Mapping[str, Any], resource_type: str | None) -> list[dic
     out: list[dict[str, Any]] = []
     for entry in bundle.get("entry", []):
         resource = entry.get("resource") if isinstance(entry, Mapping) else None
-        if isinstance(resource, dict) and (
-            resource_type is None or resource.get("resourceType") == resource_type
-        ):
+        if isinstance(resource, dict) and (resource_type is None or resource.get("resourceType") == resource_type):
             out.append(resource)
     return out
 

@@ -53,9 +53,7 @@ def _cdc_section(run: harness.CorpusRun) -> dict[str, Any]:
         "fraction": _fraction(matched, total),
         "pairs": len(run.cdc),
         "passed": sum(int(p.passed) for p in run.cdc),
-        "groups": {
-            name: {**g, "fraction": _fraction(g["matched"], g["total"])} for name, g in sorted(groups.items())
-        },
+        "groups": {name: {**g, "fraction": _fraction(g["matched"], g["total"])} for name, g in sorted(groups.items())},
         "top_mismatches": causes.most_common(25),
         "failing_pairs": sorted(p.key for p in run.cdc if not p.passed),
     }

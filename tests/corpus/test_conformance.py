@@ -74,10 +74,7 @@ def _status(stmt: str) -> str:
 class TestLfhEvaluate:
     def test_getter_chain_on_a_resource(self) -> None:
         """A resource variable's getters walk FHIR JSON keys and list indexes."""
-        assert (
-            _status('assertThat(patient.getIdentifier().get(0).getSystem()).isEqualTo("urn:id:XYZ");')
-            == "pass"
-        )
+        assert _status('assertThat(patient.getIdentifier().get(0).getSystem()).isEqualTo("urn:id:XYZ");') == "pass"
         assert _status('assertThat(patient.getIdentifier().get(0).getValue()).isEqualTo("MR2");') == "fail"
 
     def test_resource_count(self) -> None:
@@ -97,18 +94,12 @@ class TestLfhEvaluate:
 
     def test_hapi_helpers(self) -> None:
         """FirstRep, Element, AsSingleString and enum constants read as FHIR JSON does."""
+        assert _status('assertThat(patient.getNameFirstRep().getGivenAsSingleString()).isEqualTo("Jane Q");') == "pass"
         assert (
-            _status('assertThat(patient.getNameFirstRep().getGivenAsSingleString()).isEqualTo("Jane Q");')
-            == "pass"
+            _status('assertThat(patient.getTelecomFirstRep().getUseElement().getCode()).isEqualTo("home");') == "pass"
         )
         assert (
-            _status('assertThat(patient.getTelecomFirstRep().getUseElement().getCode()).isEqualTo("home");')
-            == "pass"
-        )
-        assert (
-            _status(
-                "assertThat(patient.getTelecom().get(0).getUse()).isEqualTo(ContactPoint.ContactPointUse.HOME);"
-            )
+            _status("assertThat(patient.getTelecom().get(0).getUse()).isEqualTo(ContactPoint.ContactPointUse.HOME);")
             == "pass"
         )
 
@@ -120,10 +111,7 @@ class TestLfhEvaluate:
 
     def test_unknowable_expectations_are_unsupported(self) -> None:
         """An expectation held in a variable cannot be judged from the statement."""
-        assert (
-            _status("assertThat(coverage.getPayor().get(0).getReference()).isEqualTo(payorId);")
-            == "unsupported"
-        )
+        assert _status("assertThat(coverage.getPayor().get(0).getReference()).isEqualTo(payorId);") == "unsupported"
         assert _status("assertThat(e).isNotSameAs(-1);") == "unsupported"
 
     def test_comment_with_url_is_not_code(self) -> None:
@@ -154,9 +142,7 @@ class TestCdcNormalisation:
                             },
                             {"url": "http://hl7.org/fhir/StructureDefinition/x", "valueString": "kept"},
                         ],
-                        "_status": {
-                            "extension": [{"url": "https://reportstream.cdc.gov/a", "valueString": "y"}]
-                        },
+                        "_status": {"extension": [{"url": "https://reportstream.cdc.gov/a", "valueString": "y"}]},
                         "status": "finished",
                     }
                 },
@@ -179,9 +165,7 @@ class TestCdcNormalisation:
                 {
                     "resource": {
                         "resourceType": "Encounter",
-                        "extension": [
-                            {"url": "http://hl7.org/fhir/StructureDefinition/x", "valueString": "kept"}
-                        ],
+                        "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/x", "valueString": "kept"}],
                         "status": "finished",
                     }
                 }

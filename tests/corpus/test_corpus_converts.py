@@ -54,6 +54,18 @@ class TestCorpusConverts:
         """Converting to R5 raises nothing but MappingError."""
         assert _unexpected_errors(r5_conversions) == []
 
+    def test_no_mapper_crashes(
+        self, corpus_run: harness.CorpusRun, r5_conversions: dict[str, harness.Converted]
+    ) -> None:
+        """convert.py wraps a crashing mapper as MappingError("unexpected ..."): there must be none."""
+        crashed = sorted(
+            key
+            for conversions in (corpus_run.r4b, r5_conversions)
+            for key, c in conversions.items()
+            if c.error and c.error.split(": ", 1)[-1].startswith("unexpected")
+        )
+        assert crashed == []
+
     def test_mapping_errors_name_a_segment(self, corpus_run: harness.CorpusRun) -> None:
         """A message we refuse says which segment made it unconvertible."""
         unnamed = sorted(

@@ -68,9 +68,7 @@ class TestSubsetDiff:
         """The report points at the one differing field of the nearest candidate."""
         expected = {"entry": [{"resource": {"resourceType": "Patient", "gender": "male", "active": True}}]}
         actual = {"entry": [{"resource": {"resourceType": "Patient", "gender": "female", "active": True}}]}
-        assert subset_diff(expected, actual) == [
-            '$.entry[0].resource.gender: expected "male", found a different value'
-        ]
+        assert subset_diff(expected, actual) == ['$.entry[0].resource.gender: expected "male", found a different value']
 
     def test_custom_ignore_keys(self) -> None:
         """Callers choose which keys are generated."""

@@ -65,11 +65,22 @@ async def wait_lines(path: Path, count: int, timeout: float = 15.0) -> list[dict
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if path.exists():
-            lines = [json.loads(line) for line in path.read_bytes().splitlines()]
-            if len(lines) >= count:
-                return lines
+            # Only whole lines: the sink may be half-way through a write right now.
+            complete = path.read_bytes().split(b"\n")[:-1]
+            if len(complete) >= count:
+                return [json.loads(line) for line in complete]
         await asyncio.sleep(0.02)
     raise AssertionError(f"expected {count} lines in {path.name}")
+
+
+async def wait_for_status(engine: Engine, status: Status, count: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = await engine.store.query(MessageQuery(statuses=frozenset({status})))
+        if len(rows) >= count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {count} message(s) in status {status}")
 
 
 class TestCustody:
@@ -91,9 +102,9 @@ class TestCustody:
         second = await exchange("127.0.0.1", port_of(engine), payload)
         assert first == second
         await exchange("127.0.0.1", port_of(engine), adt_a01("AFTER").encode())
-        lines = await wait_lines(tmp_path / "out.ndjson", 2)
-        await asyncio.sleep(0.3)
-        lines = [json.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+        # The channel is FIFO: had the resend been processed, its line would precede AFTER's.
+        await wait_lines(tmp_path / "out.ndjson", 2)
+        lines = (tmp_path / "out.ndjson").read_bytes().split(b"\n")[:-1]
         assert 2 == len(lines)
 
     async def test_same_control_id_other_content_is_a_flagged_new_message(self, make_engine, tmp_path: Path) -> None:
@@ -191,7 +202,7 @@ class TestNoPhi:
             await exchange("127.0.0.1", port, bad)
             await exchange("127.0.0.1", port, b"PID|1||ZZCANARYMRN^^^X||ZZCANARYFAMILY\r")
             await wait_lines(tmp_path / "out.ndjson", 1)
-            await asyncio.sleep(0.2)
+            await wait_for_status(engine, Status.DEAD, 1)
             from prometheus_client import generate_latest
 
             exposition = generate_latest(metrics.REGISTRY).decode()
@@ -202,3 +213,69 @@ class TestNoPhi:
         for canary in ("ZZCANARYFAMILY", "ZZCANARYMRN"):
             assert canary not in logs
             assert canary not in exposition
+
+
+class TestInputVariants:
+    @pytest.mark.parametrize(
+        ("name", "payload"),
+        [
+            ("LF terminators", adt_a01("V-LF", terminator="\n").encode()),
+            ("CRLF terminators", adt_a01("V-CRLF", terminator="\r\n").encode()),
+            ("UTF-8 BOM", b"\xef\xbb\xbf" + adt_a01("V-BOM", family="ŽIŽEK").encode()),
+        ],
+    )
+    async def test_variant_is_acked_stored_exactly_and_mapped(
+        self, make_engine, tmp_path: Path, name: str, payload: bytes
+    ) -> None:
+        """Each input variant gets AA, is stored byte for byte, and maps to a Patient."""
+        engine = await make_engine()
+        ack = await exchange("127.0.0.1", port_of(engine), payload)
+        assert "AA" == msa(ack)[0], name
+        db = sqlite3.connect(tmp_path / "store.db")
+        (raw,) = db.execute("SELECT raw FROM messages").fetchone()
+        db.close()
+        assert payload == raw
+        (bundle,) = await wait_lines(tmp_path / "out.ndjson", 1)
+        patients = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]  # type: ignore[index]
+        assert patients and patients[0]["name"][0]["family"] in {"DOE", "ŽIŽEK"}
+
+    async def test_abuse_on_one_connection_never_stops_another(self, make_engine) -> None:
+        """Garbage, an oversized frame and an unfinished frame on other connections; a
+        well-behaved sender keeps getting AAs throughout."""
+        engine = await make_engine(extra="    limits:\n      max_frame_bytes: 4096\n      frame_timeout_s: 1\n")
+        port = port_of(engine)
+        r_bad, w_bad = await asyncio.open_connection("127.0.0.1", port)
+        w_bad.write(b"garbage before" + frame(b"X" * 10000) + b"\x0bMSH|^~\\&|unfinished")
+        await w_bad.drain()
+        r_slow, w_slow = await asyncio.open_connection("127.0.0.1", port)
+        w_slow.write(b"\x0bMSH|^~\\&|A|B")
+        await w_slow.drain()
+        for i in range(5):
+            ack = await exchange("127.0.0.1", port, adt_a01(f"OK{i}").encode())
+            assert ["AA", f"OK{i}"] == msa(ack)[:2]
+        # The unfinished frame hits the 1 s frame deadline: the server closes that connection.
+        assert b"" == await asyncio.wait_for(r_slow.read(), timeout=5)
+        w_bad.close()
+        w_slow.close()
+
+
+class TestShutdown:
+    async def test_sigterm_drains_and_exits_zero(self, tmp_path: Path) -> None:
+        """SIGTERM: the engine stops accepting, finishes, logs the stop and exits 0."""
+        from tests.support.engine_proc import EngineProcess, free_port, write_config
+
+        mllp_port, admin_port = free_port(), free_port()
+        engine = EngineProcess(write_config(tmp_path, mllp_port=mllp_port, admin_port=admin_port),
+                               admin_port, tmp_path / "engine.log")
+        engine.start()
+        try:
+            await asyncio.to_thread(engine.wait_ready)
+            ack = await exchange("127.0.0.1", mllp_port, adt_a01("T1").encode())
+            assert "AA" == msa(ack)[0]
+            assert 0 == await asyncio.to_thread(engine.terminate)
+        finally:
+            engine.kill()
+        events = [json.loads(line)["event"] for line in (tmp_path / "engine.log").read_text().splitlines()
+                  if line.startswith("{")]
+        assert "engine_stopping" in events and "engine_stopped" in events
+        assert events.index("engine_stopping") < events.index("engine_stopped")

@@ -181,9 +181,11 @@ def dg1_to_condition(seg: Segment, ctx: MappingContext) -> None:
     extensions: list[dict[str, Any]] = []
     asserted = seg.value(19)  # IG DG1-19 → recordedDate + condition-assertedDate
     if asserted:
-        holder: dict[str, Any] = {}
-        if dt.put_datetime(holder, "valueDateTime", asserted, s):
-            extensions.append({"url": SD + "condition-assertedDate", **holder})
+        when = dt.dtm_to_datetime(asserted, s)
+        if when is not None:
+            # An extension's value cannot carry the originalText primitive extension (FHIR JSON
+            # has no `_valueDateTime` inside Extension); recordedDate keeps it.
+            extensions.append({"url": SD + "condition-assertedDate", "valueDateTime": when.value})
             dt.put_datetime(condition, "recordedDate", asserted, s)
         else:
             ctx.reject(seg, 19)

@@ -41,6 +41,7 @@ V3_PARTICIPATION = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 V2_0203 = v2_table_system("0203")
 LOCATION_PHYSICAL_TYPE = "http://terminology.hl7.org/CodeSystem/location-physical-type"
 UCUM = "http://unitsofmeasure.org"
+_R5_PLANNED = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter."
 
 # Official displays of the v3 ActCode encounter classes the PatientClass map produces
 # (the IG concept map gives codes only).
@@ -408,14 +409,9 @@ def pv2_to_encounter(seg: Segment, ctx: MappingContext) -> None:
         text = seg.value(number)
         if not text:
             continue
-        holder: dict[str, Any] = {}
-        if dt.put_datetime(holder, "valueDateTime", text, s):
-            extensions.append(
-                {
-                    "url": f"http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter.{url_name}",
-                    **holder,
-                }
-            )
+        when = dt.dtm_to_datetime(text, s)
+        if when is not None:  # (an Extension cannot hold `_valueDateTime`: no originalText here)
+            extensions.append({"url": _R5_PLANNED + url_name, "valueDateTime": when.value})
         else:
             ctx.reject(seg, number)
     length = dt.nm_to_number(seg.value(11)) if seg.value(11) else None
@@ -464,7 +460,6 @@ _R5_STATUS = {
     "entered-in-error": "entered-in-error",
     "unknown": "unknown",
 }
-_R5_PLANNED = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Encounter."
 
 
 def _encounter_r5(res: dict[str, Any]) -> None:

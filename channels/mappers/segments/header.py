@@ -88,10 +88,9 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
         raise MappingError("message type missing", segment="MSH", field="9")
     # MSH-9 → eventCoding (IG MSG[MessageHeader]: MSG.2 → code, system v2-0003)
     if event:
+        # IG MSG[Coding]: MSG.2 → code (v2-0003), display = MSG.1^MSG.2^MSG.3
         coding: dict[str, Any] = {"system": v2_table_system("0003"), "code": as_code(event)}
-        concept = s.vocab.lookup("EventType", event)
-        if concept is not None and concept.display:
-            coding["display"] = concept.display
+        coding["display"] = "^".join(msh.rep(9).components())
     else:
         coding = {"system": v2_table_system("0076"), "code": as_code(code)}
     header["eventCoding"] = coding

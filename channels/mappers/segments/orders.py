@@ -983,11 +983,14 @@ def sch_to_appointment(seg: Segment, ctx: MappingContext) -> None:
     elif seg.value(9):
         ctx.reject(seg, 9)
     seg.mark_used(10)  # SCH-10 duration units: SCH-9 is read as minutes (the default)
-    start = seg.rep(11).component(4) if seg.field(11) else ""  # TQ.4 start date/time
-    if start and dt.put_datetime(appointment, "start", start, s):
-        end = seg.rep(11).component(5)
-        if end:
-            dt.put_datetime(appointment, "end", end, s)
+    timing = seg.rep(11) if seg.field(11) else None  # TQ.4 / TQ.5 start and end (instants)
+    for component, element in ((4, "start"), (5, "end")):
+        text = timing.component(component) if timing is not None else ""
+        instant = dt.dtm_to_instant(text, s) if text else None
+        if instant is not None:
+            appointment[element] = instant
+        elif text:
+            ctx.reject(seg, 11)  # an instant needs a time and a known zone
     for number, code, system in (
         (12, "PLC", "http://terminology.hl7.org/CodeSystem/participant-type"),  # placer contact
         (16, "FLC", "http://terminology.hl7.org/CodeSystem/participant-type"),  # filler contact
@@ -1086,8 +1089,13 @@ def ais_to_appointment(seg: Segment, ctx: MappingContext) -> None:
     service = _concept(seg, 3, ctx)
     if service is not None:
         appointment.setdefault("serviceType", []).append(service)
-    if not appointment.get("start"):
-        _put_dt(appointment, "start", seg, 4, ctx)
+    start = seg.value(4)
+    if start and not appointment.get("start"):
+        instant = dt.dtm_to_instant(start, ctx.settings)
+        if instant is not None:
+            appointment["start"] = instant
+        else:
+            ctx.reject(seg, 4)
     seg.mark_used(1, 10)
 
 
@@ -1182,8 +1190,12 @@ def _appointment_r5(res: dict[str, Any]) -> None:
 
 def _specimen_r5(res: dict[str, Any]) -> None:
     """R5 Specimen: a container is a Device reference (type and additive live on the Device):
-    SPM-6 / SPM-27 are dropped from R5 output (kept in R4B)."""
+    SPM-6 / SPM-27 are dropped from R5 output (kept in R4B); collection.bodySite is a
+    CodeableReference."""
     res.pop("container", None)
+    collection = res.get("collection")
+    if isinstance(collection, dict) and isinstance(collection.get("bodySite"), dict):
+        collection["bodySite"] = {"concept": collection["bodySite"]}
 
 
 register_r5_adapter("ServiceRequest", _service_request_r5)

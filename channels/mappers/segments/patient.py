@@ -72,6 +72,8 @@ _NULL_CODES = {"UNK": "Unknown", "ASKU": "Asked but no answer", "U": "Unknown"}
 _CDC_CODE = re.compile(r"^\d{4}-\d$")
 _CDC_SYSTEMS = {"CDCREC", "HL70005", "HL70189", "2.16.840.1.113883.6.238", CDCREC}
 _ORGANIZATION_CONTACTS = {"EMR", "E", "F", "I", "S"}  # IG NK1 condition on NK1-3.1
+# Events whose MRG names a prior patient (HL7 v2 ch. 3.3.34-3.3.40): MRG-1 is required there.
+_PATIENT_MERGE_EVENTS = frozenset({"A30", "A34", "A36", "A39", "A40", "A46", "A47"})
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -86,9 +88,16 @@ def ssn_identifier(value: str) -> dict[str, Any]:
     }
 
 
+_FHIR_GENDERS = frozenset({"male", "female", "other", "unknown"})
+
+
 def _gender(value: Repetition | str, s: Settings) -> str | None:
-    """IG CWE[code] via AdministrativeSex (table 0001)."""
-    return code_of(value, s, "AdministrativeSex")
+    """IG CWE[code] via AdministrativeSex (table 0001); a FHIR code sent as is (``female``) is kept."""
+    code = value if isinstance(value, str) else (value.component(1) or value.component(4))
+    found = code_of(code, s, "AdministrativeSex") or code_of(code.upper(), s, "AdministrativeSex")
+    if found is None and code.lower() in _FHIR_GENDERS:
+        return code.lower()
+    return found
 
 
 def _names(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
@@ -408,12 +417,8 @@ def _nk1_elements(nk1: Segment, s: Settings) -> dict[str, Any]:
     if telecom:
         out["telecom"] = telecom
     period: dict[str, Any] = {}
-    for number, key in ((8, "start"), (9, "end")):
-        text = nk1.value(number)
-        if text:
-            date = dt_to_date(text)
-            if date:
-                period[key] = date
+    for number, key in ((8, "start"), (9, "end")):  # DT in v2.5, DTM in v2.6+: precision kept
+        put_datetime(period, key, nk1.value(number), s)
     if period:
         out["period"] = period
     if nk1.field(15):
@@ -433,6 +438,9 @@ def nk1_to_related_person(nk1: Segment, ctx: MappingContext) -> None:
     relationship_code = nk1.value(3)
     if nk1.field(15) and "gender" not in shared:
         ctx.reject(nk1, 15)
+    for number in (8, 9):
+        if nk1.value(number) and dtm_to_datetime(nk1.value(number), s) is None:
+            ctx.reject(nk1, number)
     # NK1[Patient]: Patient.contact (organisation contacts only go here)
     patient = ctx.bundle.resource(patient_url)
     contact: dict[str, Any] = {}
@@ -508,17 +516,18 @@ def mrg_to_patient_link(mrg: Segment, ctx: MappingContext) -> None:
     s = ctx.settings
     survivor_url = ctx.require_patient(mrg)
     identifiers = _identifiers(mrg, 1, s) + _identifiers(mrg, 2, s) + _identifiers(mrg, 4, s)
-    if not identifiers:
+    if not identifiers and ctx.event in _PATIENT_MERGE_EVENTS:
         raise MappingError("prior patient identifier missing", segment="MRG", field="1")
-    prior: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers, "active": False}
-    names = _names(mrg, 7, s)
-    if names:
-        prior["name"] = names
-    prior["link"] = [{"other": ctx.bundle.reference(survivor_url), "type": "replaced-by"}]
-    prior_url = ctx.add(prior, mrg, "Patient-prior")
-    survivor = ctx.bundle.resource(survivor_url)
-    if survivor is not None and prior_url != survivor_url:
-        survivor.setdefault("link", []).append({"other": ctx.bundle.reference(prior_url), "type": "replaces"})
+    if identifiers:  # A06/A07 etc. carry only prior account/visit numbers
+        prior: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers, "active": False}
+        names = _names(mrg, 7, s)
+        if names:
+            prior["name"] = names
+        prior["link"] = [{"other": ctx.bundle.reference(survivor_url), "type": "replaced-by"}]
+        prior_url = ctx.add(prior, mrg, "Patient-prior")
+        survivor = ctx.bundle.resource(survivor_url)
+        if survivor is not None and prior_url != survivor_url:
+            survivor.setdefault("link", []).append({"other": ctx.bundle.reference(prior_url), "type": "replaces"})
     accounts = _identifiers(mrg, 3, s)
     if accounts:
         account = {
