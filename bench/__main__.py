@@ -50,13 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", default="1,8,64", help="comma-separated connection counts C")
     parser.add_argument("--messages", type=int, default=None, help="max messages per run (default 1000000)")
     parser.add_argument("--duration", type=float, default=None, help="max seconds per run (default 5)")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="JSON result (default bench/results/<ts>.json)"
-    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON result (default bench/results/<ts>.json)")
     parser.add_argument("--quick", action="store_true", help="short runs: the whole benchmark in < 30 s")
-    parser.add_argument(
-        "--targets", default="ack-only,python-hl7,engine", help="comma-separated subset of the targets"
-    )
+    parser.add_argument("--targets", default="ack-only,python-hl7,engine", help="comma-separated subset of the targets")
     parser.add_argument(
         "--mix",
         choices=("adt", "corpus", "adt+corpus"),
@@ -163,7 +159,7 @@ def run_engine(args: argparse.Namespace, source: MessageSource) -> dict[str, Any
     """Start the engine; measure end to end first (empty backlog), then ACK runs at every C."""
     workdir = Path(tempfile.mkdtemp(prefix="hl7bench-"))
     command = shlex.split(args.engine_command) if args.engine_command else DEFAULT_ENGINE_COMMAND
-    engine = EngineProcess(workdir, command)
+    engine = EngineProcess(workdir, command, connections_per_peer=max(args.connection_counts))
     section: dict[str, Any] = {
         "status": "ok",
         "runs": [],
@@ -199,9 +195,7 @@ def run_engine(args: argparse.Namespace, source: MessageSource) -> dict[str, Any
     return section
 
 
-def measure_end_to_end(
-    args: argparse.Namespace, engine: EngineProcess, source: MessageSource
-) -> dict[str, Any]:
+def measure_end_to_end(args: argparse.Namespace, engine: EngineProcess, source: MessageSource) -> dict[str, Any]:
     """Delivered msgs/s from the first frame sent to the last Bundle line seen in the sink."""
     connections = max(args.connection_counts)
     before = engine.delivered()
@@ -316,9 +310,7 @@ def _engine_lines(engine: dict[str, Any] | None) -> list[str]:
         verdict = "clean" if stop["clean"] else "NOT clean"
         kill = ", needed SIGKILL" if stop["forced_kill"] else ""
         kill += ", had already exited" if stop.get("exited_before_sigterm") else ""
-        lines.append(
-            f"engine stop on SIGTERM: exit {stop['exit_code']} in {stop['seconds']:.2f} s{kill} ({verdict})"
-        )
+        lines.append(f"engine stop on SIGTERM: exit {stop['exit_code']} in {stop['seconds']:.2f} s{kill} ({verdict})")
     if engine.get("log_tail"):
         lines.append(f"engine log tail: {engine['log_tail'][:500]}")
     return lines

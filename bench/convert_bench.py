@@ -25,7 +25,7 @@ from typing import Any
 from bench.messages import ADT_A01_WITH_IN1, ORU_R01_20_OBX
 
 MESSAGES = {"adt_a01_in1": ADT_A01_WITH_IN1, "oru_r01_20_obx": ORU_R01_20_OBX}
-_WARMUP = 20  # first calls load code tables and build caches; not what a running channel pays
+_WARMUP = 20  # at least 1; first calls load code tables and build caches; not what a running channel pays
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class ConvertResult:
     msgs_per_cpu_s: float
     msgs_per_wall_s: float
     ms_per_message: float
+    bundle_entries: int | None
 
 
 Converter = Callable[[str, bool], object]
@@ -51,8 +52,7 @@ def load_converter(fhir_version: str) -> Converter:
     convert = importlib.import_module("channels.mappers.convert")
     options_module = importlib.import_module("channels.mappers.options")
     options = {
-        flag: options_module.MappingOptions(fhir_version=fhir_version, validate_output=flag)
-        for flag in (False, True)
+        flag: options_module.MappingOptions(fhir_version=fhir_version, validate_output=flag) for flag in (False, True)
     }
 
     def run(text: str, validate: bool) -> object:
@@ -66,7 +66,7 @@ def measure(
 ) -> ConvertResult:
     """Convert `text` repeatedly until `max_s` CPU seconds or `max_n` messages."""
     for _ in range(_WARMUP):
-        converter(text, validate)
+        output = converter(text, validate)
     iterations = 0
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     cpu_deadline = cpu_start + max_s
@@ -87,25 +87,32 @@ def measure(
         msgs_per_cpu_s=round(iterations / cpu_s, 1),
         msgs_per_wall_s=round(iterations / wall_s, 1),
         ms_per_message=round(cpu_s * 1000 / iterations, 3),
+        bundle_entries=bundle_entries(output),
     )
+
+
+def bundle_entries(output: object) -> int | None:
+    """Entries in the converted Bundle: a conversion that maps nothing would look fast."""
+    bundle = getattr(output, "bundle", output)
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    return len(entries) if isinstance(entries, list) else None
 
 
 def format_table(results: Sequence[ConvertResult]) -> str:
     lines = [
-        f"{'message':<16}{'validate':>9}{'msgs/s/core':>13}{'ms/msg':>9}{'wall msgs/s':>13}{'n':>8}",
+        f"{'message':<16}{'validate':>9}{'msgs/s/core':>13}{'ms/msg':>9}{'wall msgs/s':>13}{'n':>8}{'entries':>9}",
     ]
     for r in results:
         lines.append(
             f"{r.message:<16}{'on' if r.validate else 'off':>9}{r.msgs_per_cpu_s:>13,.0f}"
             f"{r.ms_per_message:>9.3f}{r.msgs_per_wall_s:>13,.0f}{r.iterations:>8}"
+            f"{'-' if r.bundle_entries is None else r.bundle_entries:>9}"
         )
     return "\n".join(lines)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.convert_bench", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.convert_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--fhir-version", choices=("R4B", "R5"), default="R4B")
     parser.add_argument("--seconds", type=float, default=2.0, help="CPU seconds per case (default 2)")
     parser.add_argument("--max-messages", type=int, default=50_000, help="messages per case at most")

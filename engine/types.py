@@ -197,6 +197,23 @@ class MessageQuery:
     limit: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class QuarantinedFrame:
+    """A frame refused before custody (no parsable MSH, unaccepted type), kept as received.
+
+    DESIGN.md §4: such frames get AR/CR, are not processed, and their raw bytes are kept
+    so an operator can see what the sender sent. `reason` is a fixed word chosen by the
+    engine (e.g. `no_msh`, `unaccepted_type`), never message content.
+    """
+
+    id: int
+    channel: str
+    raw: bytes
+    reason: str
+    received_at: float
+    peer: str
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable inbox. One contract test suite runs against every implementation.
@@ -227,6 +244,12 @@ class Store(Protocol):
     async def release(self, message_ids: Sequence[int]) -> int: ...
     async def prune(self, finished_before: float) -> int: ...
     async def stats(self, channel: str) -> QueueStats: ...
+    # Frames refused before custody (no MSH, unaccepted type): kept as received, never processed.
+    async def quarantine(self, channel: str, raw: bytes, reason: str, received_at: float,
+                         peer: str = "") -> int: ...
+    async def quarantined(self, channel: str | None = None, after_id: int = 0,
+                          limit: int = 100) -> list[QuarantinedFrame]: ...
+    async def prune_quarantine(self, received_before: float) -> int: ...
 
 
 # ---------------------------------------------------------------- work

@@ -68,7 +68,9 @@ def _match_identifier(resource: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     usable = [
         i
         for i in resource.get("identifier", [])
-        if isinstance(i, dict) and i.get("value") and _type_code(i) not in _SENSITIVE_IDENTIFIER_TYPES
+        if isinstance(i, dict)
+        and i.get("value")
+        and _type_code(i) not in _SENSITIVE_IDENTIFIER_TYPES
         and i.get("use") != "old"
     ]
     for ident in usable:
@@ -260,8 +262,7 @@ def _provenance_r5(res: dict[str, Any]) -> None:
     reasons = res.pop("reason", [])
     if reasons:
         res["authorization"] = [
-            {"concept": r} if ("coding" in r or "text" in r) else {"extension": r.get("extension", [])}
-            for r in reasons
+            {"concept": r} if ("coding" in r or "text" in r) else {"extension": r.get("extension", [])} for r in reasons
         ]
     for entity in res.get("entity", []):
         if entity.get("role") == "derivation":

@@ -365,8 +365,10 @@ def _assign(identifier: dict[str, Any], hd: HD, s: Settings | None) -> None:
     system = hd_to_system(hd, s)
     if system:
         identifier["system"] = system
-    if hd.namespace and not _universal_uri(hd.universal_id, hd.id_type) and (
-        s is None or hd.namespace not in s.identifier_systems
+    if (
+        hd.namespace
+        and not _universal_uri(hd.universal_id, hd.id_type)
+        and (s is None or hd.namespace not in s.identifier_systems)
     ):
         identifier["assigner"] = {"display": hd.namespace}
 
@@ -701,9 +703,7 @@ def cwe_to_codeable_concept(
     """
     codings = _codings(rep, s, table)
     first_system = rep.component(3)
-    local_table = not first_system or (
-        table is not None and first_system.upper() in (f"HL7{table}", f"HL7-{table}")
-    )
+    local_table = not first_system or (table is not None and first_system.upper() in (f"HL7{table}", f"HL7-{table}"))
     translated = _translated(rep.component(1), s, concept_map) if local_table else None
     if translated is not None:
         same = codings and (codings[0].get("system"), codings[0].get("code")) == (

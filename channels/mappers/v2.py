@@ -132,7 +132,6 @@ class Repetition:
         return "" if self.raw == _NULL else unescape(self.raw, self._delims)
 
 
-
 class Segment:
     """One segment; field n is ``_fields[n]`` (for MSH, ``_fields[1]`` is MSH-1)."""
 

@@ -165,7 +165,6 @@ class Intake:
         try:
             (result,) = await self._store.ingest([inbound])
         except StoreUnavailableError:
-            metrics.STORE_ERRORS.labels("ingest").inc()
             log.error("store_unavailable", channel=self._channel)
             error = AckError(ErrorCode.APPLICATION_INTERNAL_ERROR, text="Message could not be stored; resend later")
             return self._answer(header, "E" if header.enhanced_mode else "R", error, decoded.codec)

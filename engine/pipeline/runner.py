@@ -121,7 +121,6 @@ class Runner:
                 worked = await self.run_once()
             except Exception as exc:  # the store failed; back off, never die
                 log.error("runner_error", channel=self.channel, error_type=exc.__class__.__name__)
-                metrics.STORE_ERRORS.labels("lease").inc()
                 await self._sleep(self._idle_poll_s)
                 continue
             if not worked:

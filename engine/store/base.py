@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from engine.types import QuarantinedFrame
 from engine.types import Status
 
 #: Statuses a lease may hand out (RETRY only once its next_attempt_at has passed).
@@ -144,18 +145,4 @@ class LeasePlanner:
 # ---------------------------------------------------------------- quarantine
 
 
-@dataclass(frozen=True, slots=True)
-class QuarantinedFrame:
-    """A frame refused before custody (no parsable MSH, unaccepted type), kept as received.
-
-    DESIGN.md §4: such frames get AR/CR, are not processed, and their raw bytes are kept
-    so an operator can see what the sender sent. `reason` is a fixed word chosen by the
-    engine (e.g. `no_msh`, `unaccepted_type`), never message content.
-    """
-
-    id: int
-    channel: str
-    raw: bytes
-    reason: str
-    received_at: float
-    peer: str
+# QuarantinedFrame lives in engine.types (part of the Store protocol); re-exported here.

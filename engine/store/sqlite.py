@@ -287,7 +287,11 @@ class _ConnectionThread:
         ready: asyncio.Future[None] = loop.create_future()
         self._thread = threading.Thread(target=self._main, args=(loop, ready), name=self.name, daemon=True)
         self._thread.start()
-        await ready
+        try:
+            await ready
+        except BaseException:
+            self._thread = None  # it ended after failing to connect
+            raise
         self._accepting = True
 
     def submit(
@@ -305,9 +309,10 @@ class _ConnectionThread:
 
     async def stop(self) -> None:
         """Finish every queued job, close the connection, end the thread."""
-        if self._thread is None:
-            return
         self._accepting = False
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = None
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.put(_Stop(loop, done))
@@ -531,15 +536,15 @@ def _lease(conn: sqlite3.Connection, channel: str, limit: int, now: float) -> li
         if planner.full or len(rows) < window:
             break
         after_id = rows[-1][0]
-    chosen = planner.chosen
-    if not chosen:
-        return []
-    leased = conn.execute(
-        "UPDATE messages SET status = 'processing', attempts = attempts + 1, updated_at = ?"  # noqa: S608
-        f" WHERE id IN ({_placeholders(len(chosen))}) RETURNING {_MESSAGE_COLUMNS}",
-        (now, *chosen),
-    ).fetchall()
-    return sorted((_to_message(r) for r in leased), key=lambda m: m.id)
+    leased: list[StoredMessage] = []
+    for ids in chunked(planner.chosen, ID_CHUNK):
+        rows = conn.execute(
+            "UPDATE messages SET status = 'processing', attempts = attempts + 1, updated_at = ?"  # noqa: S608
+            f" WHERE id IN ({_placeholders(len(ids))}) RETURNING {_MESSAGE_COLUMNS}",
+            (now, *ids),
+        ).fetchall()
+        leased.extend(_to_message(r) for r in rows)
+    return sorted(leased, key=lambda m: m.id)
 
 
 def _require_one(cursor: sqlite3.Cursor, message_id: int) -> None:

@@ -106,7 +106,7 @@ def running_engine(tmp_path: Path):  # type: ignore[no-untyped-def]
 class TestSendAndMessages:
     def test_send_prints_acks_and_exit_code_follows_them(self, running_engine, tmp_path: Path) -> None:
         """`send` prints each ACK; exit 0 when all are AA, 1 when one is AR."""
-        config, port = running_engine
+        _config, port = running_engine
         good = tmp_path / "good.hl7"
         good.write_text(adt_a01("G1") + adt_a01("G2"))
         result = hl7engine("send", f"127.0.0.1:{port}", str(good))

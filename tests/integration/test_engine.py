@@ -244,7 +244,7 @@ class TestInputVariants:
         well-behaved sender keeps getting AAs throughout."""
         engine = await make_engine(extra="    limits:\n      max_frame_bytes: 4096\n      frame_timeout_s: 1\n")
         port = port_of(engine)
-        r_bad, w_bad = await asyncio.open_connection("127.0.0.1", port)
+        _r_bad, w_bad = await asyncio.open_connection("127.0.0.1", port)
         w_bad.write(b"garbage before" + frame(b"X" * 10000) + b"\x0bMSH|^~\\&|unfinished")
         await w_bad.drain()
         r_slow, w_slow = await asyncio.open_connection("127.0.0.1", port)

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bench.__main__ import main as bench_main
+from bench.convert_bench import bundle_entries, load_converter, measure
 from bench.engine_proc import EngineProcess, ServerProcess
 from bench.loadgen import parse_ack, percentile_ms, run_load
 from bench.messages import (
@@ -229,9 +230,7 @@ async def silent_server() -> AsyncIterator[tuple[str, int]]:
 
 
 class TestBenchCommand:
-    def test_baselines_write_a_comparable_result(
-        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-    ) -> None:
+    def test_baselines_write_a_comparable_result(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """One invocation drives both baselines at each C and writes the documented JSON keys."""
         out = tmp_path / "result.json"
         argv = ["--targets", "ack-only,python-hl7", "--connections", "1,2", "--messages", "100"]
@@ -349,7 +348,14 @@ class TestEngineProcess:
         assert f"127.0.0.1:{engine.mllp_port}" == channel["listen"]
         assert channel["ack"] == "on_commit"
         assert channel["pipeline"] == [{"type": "v2_to_fhir", "fhir_version": "R4B"}]
-        assert [{"type": "file", "path": str(engine.sink_path)}] == channel["sinks"]
+        assert channel["sinks"] == [{"type": "file", "path": str(engine.sink_path)}]
+        assert "limits" not in channel
+
+    def test_raises_the_per_peer_bound_to_the_load(self, tmp_path: Path) -> None:
+        """All benchmark senders are one peer, so the channel admits C connections from it."""
+        engine = EngineProcess(tmp_path, connections_per_peer=64)
+        channel = yaml.safe_load(engine.write_config().read_text())["channels"][0]
+        assert channel["limits"] == {"max_connections_per_peer": 64, "max_connections": 256}
 
     def test_counts_only_complete_sink_lines(self, tmp_path: Path) -> None:
         """A Bundle line still being written is not counted until its newline arrives."""
@@ -360,3 +366,26 @@ class TestEngineProcess:
         with engine.sink_path.open("ab") as sink:
             sink.write(b":3}\n")
         assert engine.delivered() == 3
+
+
+class TestConvertBench:
+    def test_measure_is_bounded_by_count(self) -> None:
+        """A case stops at its message budget and reports the Bundle's entry count."""
+        calls: list[bool] = []
+
+        def converter(text: str, validate: bool) -> object:
+            calls.append(validate)
+            return {"resourceType": "Bundle", "entry": [{}, {}]}
+
+        result = measure(converter, "adt", ADT_A01_WITH_IN1, True, "R4B", max_s=30.0, max_n=30)
+        assert (result.iterations, result.bundle_entries) == (30, 2)
+        assert all(calls) and len(calls) > 30  # warm-up calls come on top of the measured ones
+        assert result.msgs_per_cpu_s > 0
+
+    def test_builtin_messages_convert(self) -> None:
+        """Both benchmark messages convert to non-empty Bundles, with and without validation."""
+        converter = load_converter("R4B")
+        for text in (ADT_A01_WITH_IN1, ORU_R01_20_OBX):
+            for validate in (False, True):
+                entries = bundle_entries(converter(text, validate))
+                assert entries is not None and entries > 1

@@ -47,7 +47,9 @@ class TestDeterminism:
 class TestFieldAccounting:
     def test_unmapped_segments_and_fields(self) -> None:
         """Segments without a map are (SEG, "*"); present fields no mapper read are (SEG, n); never values."""
-        result = convert_message(MESSAGE + "\rPID|2||M2||DOE^JOHN|||M|||||||||||||||||||||||||||||||||||Y", MappingOptions())
+        result = convert_message(
+            MESSAGE + "\rPID|2||M2||DOE^JOHN|||M|||||||||||||||||||||||||||||||||||Y", MappingOptions()
+        )
         assert ("ZPI", "*") in result.unmapped
         assert ("MSH", "12") in result.unmapped
         assert ("PID", "31") not in result.unmapped or "ZPI" in dict(result.unmapped)
@@ -89,7 +91,7 @@ class TestErrors:
 
 
 _SEGMENT_IDS = st.sampled_from(["PID", "PD1", "NK1", "IN1", "IN2", "GT1", "MRG", "EVN", "ZZZ"])
-_FIELD_TEXT = st.text(alphabet="AZ09 -.+^~&\\|#\"XHN", max_size=12)
+_FIELD_TEXT = st.text(alphabet='AZ09 -.+^~&\\|#"XHN', max_size=12)
 
 
 def _segment_line(seg_id: str, fields: list[str]) -> str:

@@ -38,12 +38,10 @@ from channels.mappers.escape import escape
 from tests.unit.test_mappers_helpers import rep, settings, validate_resource
 
 S = settings()
-FHIR_DATETIME = re.compile(
-    r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2}))?)?)?$"
-)
-_word = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '-.|^&~\\", min_size=1, max_size=12).filter(
-    lambda t: t.strip() == t and t != '""'
-)
+FHIR_DATETIME = re.compile(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2}))?)?)?$")
+_word = st.text(
+    alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '-.|^&~\\", min_size=1, max_size=12
+).filter(lambda t: t.strip() == t and t != '""')
 
 
 def _valid_in_both(resource: dict[str, object]) -> None:
@@ -82,7 +80,9 @@ class TestDtmToDatetime:
         assert result is not None
         assert result.value == "1988-05-17"
         assert result.primitive_extension() == {"extension": [{"url": ORIGINAL_TEXT, "valueString": "19880517180606"}]}
-        _valid_in_both({"resourceType": "Patient", "birthDate": "1988-05-17", "_birthDate": result.primitive_extension()})
+        _valid_in_both(
+            {"resourceType": "Patient", "birthDate": "1988-05-17", "_birthDate": result.primitive_extension()}
+        )
 
     def test_channel_timezone_supplies_dst_aware_offset(self) -> None:
         """The channel's IANA zone gives -06:00 in winter and -05:00 in summer for Chicago."""
@@ -108,7 +108,9 @@ class TestDtmToDatetime:
     ) -> None:
         """Any DTM of any precision and offset maps to a valid FHIR dateTime with the same date/time parts."""
         text = moment.strftime("%Y%m%d%H%M%S") + f".{moment.microsecond // 100:04d}"
-        text = text[: {4: 4, 5: 6, 6: 6, 7: 8, 8: 8, 9: 10, 10: 10, 11: 12, 12: 12}.get(precision, min(precision + 2, 19))]
+        text = text[
+            : {4: 4, 5: 6, 6: 6, 7: 8, 8: 8, 9: 10, 10: 10, 11: 12, 12: 12}.get(precision, min(precision + 2, 19))
+        ]
         text = text.rstrip(".")
         if offset_minutes is not None:
             sign = "+" if offset_minutes >= 0 else "-"
@@ -153,7 +155,11 @@ class TestCxToIdentifier:
             ],
             "type": {  # CX.5 → type (v2-0203)
                 "coding": [
-                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR", "display": "Medical record number"}
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                        "code": "MR",
+                        "display": "Medical record number",
+                    }
                 ]
             },
             "system": "urn:oid:1.2.3",  # CX.4 (HD.2 ISO) → system
@@ -172,7 +178,11 @@ class TestCxToIdentifier:
         assert other["assigner"] == {"display": "OTHER CLINIC"}
 
     @hsettings(max_examples=60, deadline=None)
-    @given(value=_word, authority=st.one_of(st.none(), st.text(alphabet="ABCXYZ", min_size=1, max_size=5)), id_type=st.sampled_from(["", "MR", "PI", "SS", "XX"]))
+    @given(
+        value=_word,
+        authority=st.one_of(st.none(), st.text(alphabet="ABCXYZ", min_size=1, max_size=5)),
+        id_type=st.sampled_from(["", "MR", "PI", "SS", "XX"]),
+    )
     def test_round_trip(self, value: str, authority: str | None, id_type: str) -> None:
         """Generated CX.1/CX.4/CX.5 land in value, system and type.coding.code."""
         field = "^".join([escape(value), "", "", authority or "", id_type])
@@ -226,7 +236,12 @@ class TestXpnToHumanName:
 class TestXadToAddress:
     def test_every_ig_row(self) -> None:
         """XAD.1-XAD.7, XAD.9, XAD.10, XAD.13, XAD.14, XAD.19 land in their Address elements."""
-        address = xad_to_address(rep("1 MAIN ST&MAIN ST&1^APT 2^SPRINGFIELD^IL^62701^USA^M^^SANGAMON^0001^^^20200101^20251231^^^^^C/O JONES"), S)
+        address = xad_to_address(
+            rep(
+                "1 MAIN ST&MAIN ST&1^APT 2^SPRINGFIELD^IL^62701^USA^M^^SANGAMON^0001^^^20200101^20251231^^^^^C/O JONES"
+            ),
+            S,
+        )
         assert address == {
             "extension": [
                 {"url": "http://hl7.org/fhir/StructureDefinition/iso21090-ADXP-censusTract", "valueString": "0001"}
@@ -243,7 +258,10 @@ class TestXadToAddress:
         _valid_in_both({"resourceType": "Patient", "address": [address]})
 
     @hsettings(max_examples=60, deadline=None)
-    @given(parts=st.lists(st.one_of(st.just(""), _word), min_size=6, max_size=6), kind=st.sampled_from(["", "H", "B", "M", "C", "BA"]))
+    @given(
+        parts=st.lists(st.one_of(st.just(""), _word), min_size=6, max_size=6),
+        kind=st.sampled_from(["", "H", "B", "M", "C", "BA"]),
+    )
     def test_round_trip(self, parts: list[str], kind: str) -> None:
         """Generated street/other/city/state/zip/country values and the address type land in place."""
         street, other, city, state, zip_code, country = parts
@@ -269,7 +287,10 @@ class TestXtnToContactPoint:
 
     def test_email(self) -> None:
         """XTN.3 Internet → system email and XTN.4 → value; XTN.2 NET has no use."""
-        assert xtn_to_contact_point(rep("^NET^Internet^a@example.org"), S) == {"system": "email", "value": "a@example.org"}
+        assert xtn_to_contact_point(rep("^NET^Internet^a@example.org"), S) == {
+            "system": "email",
+            "value": "a@example.org",
+        }
 
     def test_composed_number_and_extensions(self) -> None:
         """XTN.5-8 compose the value and land in the contactpoint extensions; CP → phone/mobile."""
@@ -294,7 +315,9 @@ class TestXtnToContactPoint:
         assert point is not None
         assert point["value"] == number
         assert point["system"] == {"": "phone", "PH": "phone", "FX": "fax", "CP": "phone", "BP": "pager"}[equipment]
-        expected_use = {"PRN": "home", "WPN": "work", "PRS": "mobile"}.get(use) or ("mobile" if equipment == "CP" else None)
+        expected_use = {"PRN": "home", "WPN": "work", "PRS": "mobile"}.get(use) or (
+            "mobile" if equipment == "CP" else None
+        )
         assert point.get("use") == expected_use
         _valid_in_both({"resourceType": "Patient", "telecom": [point]})
 
@@ -352,7 +375,9 @@ class TestHd:
 class TestXcnToPractitioner:
     def test_every_ig_row(self) -> None:
         """XCN.1/.9/.13 → identifier, XCN.2-6/.10 → name, XCN.7 → qualification."""
-        practitioner = xcn_to_practitioner(rep("1234^HOUSE^GREGORY^M^JR^DR^MD^^NPI&2.16.840.1.113883.4.6&ISO^L^^^NPI"), S)
+        practitioner = xcn_to_practitioner(
+            rep("1234^HOUSE^GREGORY^M^JR^DR^MD^^NPI&2.16.840.1.113883.4.6&ISO^L^^^NPI"), S
+        )
         assert practitioner is not None
         assert practitioner["identifier"][0]["value"] == "1234"  # XCN.1
         assert practitioner["identifier"][0]["system"] == "urn:oid:2.16.840.1.113883.4.6"  # XCN.9

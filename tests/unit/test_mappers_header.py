@@ -82,11 +82,20 @@ class TestEvnToProvenance:
         """EVN-2 → recorded, EVN-4 → reason, EVN-5 → agent (Practitioner), EVN-6 → occurred, EVN-7 → location."""
         evn = segment(
             "EVN",
-            {1: "A08", 2: "20240301101000-0800", 4: "01^Patient request^HL70062", 5: "77^CLERK^CAROL", 6: "20240301100000-0800", 7: "FRONT DESK"},
+            {
+                1: "A08",
+                2: "20240301101000-0800",
+                4: "01^Patient request^HL70062",
+                5: "77^CLERK^CAROL",
+                6: "20240301100000-0800",
+                7: "FRONT DESK",
+            },
         )
         result = convert_both(MSH + "\r" + evn + "\r" + PID + "\r")["R4B"]
         bundle = result.bundle
-        provenance = next(p for p in resources(bundle, "Provenance") if p["activity"]["coding"][0]["display"].startswith("event"))
+        provenance = next(
+            p for p in resources(bundle, "Provenance") if p["activity"]["coding"][0]["display"].startswith("event")
+        )
         urls = {id(e["resource"]): e["fullUrl"] for e in bundle["entry"]}
         assert provenance["recorded"] == "2024-03-01T10:10:00-08:00"  # EVN-2
         assert provenance["reason"][0]["coding"][0]["code"] == "PATRQT"  # EVN-4 via EventReason

@@ -80,9 +80,15 @@ class TestIn1ToCoverage:
         assert coverage["type"]["coding"][0]["code"] == "HMO"  # IN1-15 → type
         assert coverage["relationship"]["coding"][0]["code"] == "SPS"  # IN1-17 → relationship
         assert coverage["order"] == 2  # IN1-22 → order
-        group = {"type": {"coding": [{"system": COVERAGE_CLASS, "code": "group"}]}, "value": "GRP42", "name": "ACME EMPLOYEES"}
+        group = {
+            "type": {"coding": [{"system": COVERAGE_CLASS, "code": "group"}]},
+            "value": "GRP42",
+            "name": "ACME EMPLOYEES",
+        }
         assert group in coverage["class"]  # IN1-8, IN1-9 → class group
-        assert {"type": {"coding": [{"system": COVERAGE_CLASS, "code": "plan"}]}, "value": "PLANCODE35"} in coverage["class"]
+        assert {"type": {"coding": [{"system": COVERAGE_CLASS, "code": "plan"}]}, "value": "PLANCODE35"} in coverage[
+            "class"
+        ]
         sub_ids = [e["valueIdentifier"]["value"] for e in coverage["extension"]]
         assert sub_ids == ["EMP77", "SUB55"]  # IN1-10 (CX.5 SN) and IN1-49 → subscriberId extension
         assert coverage["subscriber"] == {"reference": _url(bundle, subscriber)}  # IN1-16/17 not self
@@ -127,7 +133,10 @@ class TestIn1ToCoverage:
             segment("IN2", {8: "MEDICAID2"}),
         )
         first, second = resources(bundle, "Coverage")
-        assert {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MC"}]}, "value": "MEDICARE1"} in first["identifier"]
+        assert {
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MC"}]},
+            "value": "MEDICARE1",
+        } in first["identifier"]
         assert any(i["value"] == "MEDICAID2" for i in second["identifier"])
         assert not any(i["value"] == "MEDICAID2" for i in first["identifier"])
 
@@ -135,7 +144,13 @@ class TestIn1ToCoverage:
         """Without IN1-3/-4/-5 the required payor carries data-absent-reason, not an invented name."""
         bundle, _ = _convert(segment("IN1", {1: "1", 17: "SEL", 36: "P1"}))
         payor = one(bundle, "Coverage")["payor"]
-        assert payor == [{"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}]}]
+        assert payor == [
+            {
+                "extension": [
+                    {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
+                ]
+            }
+        ]
 
     def test_in1_without_pid_is_a_mapping_error(self) -> None:
         """IN1 before any PID raises MappingError naming IN1."""
@@ -146,7 +161,7 @@ class TestIn1ToCoverage:
 
 class TestIn2:
     def test_subscriber_details(self) -> None:
-        """IN2-2 SSN and IN2-63 telephone land on the subscriber; IN2-61 → Coverage identifier MB; IN2-72 relationship."""
+        """IN2-2 SSN and IN2-63 phone land on the subscriber; IN2-61 → Coverage identifier; IN2-72 → relationship."""
         bundle, unmapped = _convert(
             segment("IN1", {1: "1", 4: "PAYER", 16: "DOE^JOHN"}),
             segment("IN2", {2: "999-11-2222", 61: "MEMBER61", 63: "^PRN^PH^^^617^5553333", 72: "SPO^Spouse^HL70063"}),
@@ -167,14 +182,26 @@ class TestGt1ToGuarantor:
         pid = "PID|1||M1||DOE^JANE|||F||||||||||ACCT1"
         gt1 = segment(
             "GT1",
-            {1: "1", 2: "G1", 3: "DOE^JOHN", 5: "2 OAK ST^^BOSTON^MA", 6: "^PRN^PH^^^617^5554444", 8: "19790505", 9: "M", 11: "SPO^Spouse^HL70063", 13: "20240101"},
+            {
+                1: "1",
+                2: "G1",
+                3: "DOE^JOHN",
+                5: "2 OAK ST^^BOSTON^MA",
+                6: "^PRN^PH^^^617^5554444",
+                8: "19790505",
+                9: "M",
+                11: "SPO^Spouse^HL70063",
+                13: "20240101",
+            },
         )
         results = convert_both("\r".join([MSH_A01, pid, gt1]) + "\r")
         bundle, unmapped = results["R4B"].bundle, results["R4B"].unmapped
         account = one(bundle, "Account")
         person = one(bundle, "RelatedPerson")
         assert account["identifier"][0]["value"] == "ACCT1"
-        assert account["guarantor"] == [{"party": {"reference": _url(bundle, person)}, "period": {"start": "2024-01-01"}}]
+        assert account["guarantor"] == [
+            {"party": {"reference": _url(bundle, person)}, "period": {"start": "2024-01-01"}}
+        ]
         assert person["identifier"][0]["value"] == "G1"  # GT1-2
         assert person["name"][0]["family"] == "DOE"  # GT1-3
         assert person["address"][0]["city"] == "BOSTON"  # GT1-5

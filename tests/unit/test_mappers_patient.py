@@ -86,7 +86,7 @@ class TestPidToPatient:
         }
         # PID-8 → gender
         assert patient["gender"] == "female"
-        # PID-10 → US Core race (ombCategory ×2, text)
+        # PID-10 → US Core race (two ombCategory codings and text)
         race = extensions["http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"]["extension"]
         assert [p["valueCoding"]["code"] for p in race if p["url"] == "ombCategory"] == ["2106-3", "2028-9"]
         assert race[-1] == {"url": "text", "valueString": "White, Asian"}

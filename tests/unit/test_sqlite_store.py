@@ -25,8 +25,8 @@ from engine.store.sqlite import PRUNE_CHUNK
 from engine.types import Inbound, MessageQuery, Status, Store, StoreUnavailableError
 
 REPO = Path(__file__).resolve().parents[2]
-PATIENT = "DOE^JANE"
-ACKED_BEFORE_KILL = 1500  # the child is killed mid-stream, with ingests in flight  # fake PHI: must never appear in an error text
+PATIENT = "DOE^JANE"  # fake PHI: must never appear in an error text
+ACKED_BEFORE_KILL = 1500  # the child is killed mid-stream, with ingests in flight
 
 
 def raw_for(n: int, padding: int = 0) -> bytes:

@@ -14,8 +14,9 @@ Choices where the IG is open (each also noted at its row):
   code keeps its v2-0004 coding; no PV1-2 → v3-NullFlavor UNK.
 - PL.5 (location status) is kept on the most granular Location when it is a FHIR
   Location.status code; the IG's PL map has no row for it.
-- PV1-43 (prior temporary location) and PV1-39 are not mapped (the IG maps PV1-43 only to
-  Basic-EncounterHistory, which we do not produce).
+- PV1-43 (prior temporary location) → a location "completed" with the temporary
+  classification (the IG maps it only to Basic-EncounterHistory, which we do not produce;
+  CDC ReportStream and Microsoft map it this way). PV1-39 is not mapped (no IG row).
 - PV1-53/54 → an EpisodeOfCare (status "active", patient = the PID's Patient) only when a
   Patient exists, since R4 EpisodeOfCare.patient is required.
 
@@ -127,7 +128,7 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
             description = rep.component(9)
             if description:
                 location["description"] = description
-            entity = _ei_in_component(rep, 10, ctx)
+            entity = _ei_organization(seg, rep, 10, ctx, f"{kind}-Organization-10")
             if entity is not None:
                 location["identifier"].append(entity)
         urls.append(ctx.add(location, seg, f"{kind}-{code}"))
@@ -138,17 +139,29 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
     return urls[0]
 
 
-def _ei_in_component(rep: Repetition, component: int, ctx: MappingContext) -> dict[str, Any] | None:
-    """An EI held in one component (PL.10: value & HD as subcomponents) → Identifier
-    (IG EI[Identifier-Organization] EI.1 → value; EI.2-4 → the assigning authority's system)."""
-    parts = [*rep.subcomponents(component), "", "", "", ""]
-    if not parts[0]:
+def component_as_repetition(seg: Segment, rep: Repetition, component: int) -> Repetition:
+    """A composite held in one component (its parts are subcomponents, e.g. DLD.1 CWE, PL.10 EI)
+    as a Repetition of its own, so the datatype maps read its parts as components."""
+    delims = seg.delims
+    raw = rep.component_raw(component)
+    if delims.subcomponent and delims.component:
+        raw = raw.replace(delims.subcomponent, delims.component)
+    return Repetition(raw, delims)
+
+
+def _ei_organization(
+    seg: Segment, rep: Repetition, component: int, ctx: MappingContext, kind: str
+) -> dict[str, Any] | None:
+    """IG EI[Identifier-Organization]: EI.1 → value; EI.2-4 → assigner (an Organization
+    identified by that HD)."""
+    ei = component_as_repetition(seg, rep, component)
+    value = ei.component(1)
+    if not value:
         return None
-    ident: dict[str, Any] = {}
-    system = dt.hd_to_system(dt.HD(parts[1], parts[2], parts[3]), ctx.settings)
-    if system:
-        ident["system"] = system
-    ident["value"] = parts[0]
+    ident: dict[str, Any] = {"value": value}
+    organization = dt.hd_to_organization(dt.HD(ei.component(2), ei.component(3), ei.component(4)))
+    if organization is not None:
+        ident["assigner"] = ctx.bundle.reference(ctx.add(organization, seg, kind))
     return ident
 
 
@@ -222,6 +235,9 @@ def _add_locations(seg: Segment, ctx: MappingContext, enc: dict[str, Any]) -> No
         (6, "prior", "completed"),  # IG PV1-6
         (11, "temporary", "active"),  # IG PV1-11
         (42, "pending", "reserved"),  # IG PV1-42
+        # PV1-43 (prior temporary location): no PV1[Encounter] row; mapped like PV1-11 with
+        # status completed (as CDC ReportStream and Microsoft do) rather than dropped.
+        (43, "temporary", "completed"),
     )
     locations: list[dict[str, Any]] = []
     for number, label, status in rows:
@@ -310,7 +326,7 @@ def _discharge_location(seg: Segment, ctx: MappingContext) -> dict[str, Any] | N
     rep = seg.rep(37)
     if not rep:
         return None
-    location_type = _codeable(rep, ctx, "DischargedToLocation", "0113")
+    location_type = _codeable(component_as_repetition(seg, rep, 1), ctx, "DischargedToLocation", "0113")
     if location_type is None:
         ctx.reject(seg, 37)
         return None
@@ -344,6 +360,7 @@ def _episode_of_care(seg: Segment, ctx: MappingContext) -> dict[str, Any] | None
 def pv1_to_encounter(seg: Segment, ctx: MappingContext) -> None:
     """IG PV1[Encounter]: one Encounter per PV1, subject = the PID's Patient."""
     s = ctx.settings
+    seg.mark_used(1)  # PV1-1 Set ID: the segment's position, no FHIR meaning
     enc: dict[str, Any] = {
         "resourceType": "Encounter",
         "status": _encounter_status(seg, ctx),  # IG PV1-2 / PV1-45 / MSH-9

@@ -64,6 +64,7 @@ _CODED_TYPES = frozenset({"CWE", "CE", "CNE", "CF"})
 
 _ORC = "orders.orc"  # ctx.extra: the ORC segment waiting for its OBR/RXA
 _GROUP_OBSERVATIONS = "orders.observations"  # ctx.extra: Observation urls of the current OBR group
+_OBR_SPECIMEN = "orders.obr_specimen"  # ctx.extra: the Specimen of the current OBR (result messages)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -416,10 +417,49 @@ def obr_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     ctx.current["orders.last"] = "OBR"
     ctx.extra[_GROUP_OBSERVATIONS] = []
     ctx.current.pop("Observation", None)
+    ctx.extra.pop(_OBR_SPECIMEN, None)
     if ctx.message_code in _RESULT_MESSAGES:
-        ctx.current["DiagnosticReport"] = _diagnostic_report(seg, ctx, orc_segment, request_url)
+        report_url = _diagnostic_report(seg, ctx, orc_segment, request_url)
+        ctx.current["DiagnosticReport"] = report_url
+        specimen_url = _obr_specimen(seg, ctx)
+        ctx.extra[_OBR_SPECIMEN] = specimen_url
+        _append_ref(ctx.bundle.resource(report_url), "specimen", specimen_url, ctx)
     else:
         ctx.current.pop("DiagnosticReport", None)
+
+
+def _obr_specimen(obr: Segment, ctx: MappingContext) -> str:
+    """IG OBR[Specimen] (ORU_R01: "the OBR specimen data yields one Specimen resource that all
+    Observations generated for the OBR reference")."""
+    s = ctx.settings
+    specimen: dict[str, Any] = {"resourceType": "Specimen"}
+    accession = dt.ei_to_identifier(obr.rep(2), s) if obr.field(2) else None  # IG OBR-2
+    if accession is not None:
+        specimen["accessionIdentifier"] = accession
+    patient = _patient_ref(ctx)
+    if patient is not None:
+        specimen["subject"] = patient
+    _put_dt(specimen, "receivedTime", obr, 14, ctx)  # IG OBR-14
+    collection: dict[str, Any] = {}
+    if obr.value(8):  # IG OBR-7 / OBR-8
+        period: dict[str, Any] = {}
+        dt.put_datetime(period, "start", obr.value(7), s)
+        dt.put_datetime(period, "end", obr.value(8), s)
+        if period:
+            collection["collectedPeriod"] = period
+    elif obr.value(7):
+        dt.put_datetime(collection, "collectedDateTime", obr.value(7), s)
+    if obr.field(9):  # IG OBR-9 → collection.quantity (CQ)
+        quantity = dt.cq_to_quantity(obr.rep(9), s)
+        if quantity is not None:
+            collection["quantity"] = quantity
+    if obr.field(10):  # IG OBR-10 → collection.collector
+        collector = practitioner_reference(obr.rep(10), obr, ctx, "Practitioner-10")
+        if collector is not None:
+            collection["collector"] = collector
+    if collection:
+        specimen["collection"] = collection
+    return ctx.add(specimen, obr, "Specimen")
 
 
 # ---------------------------------------------------------------- OBX
@@ -686,6 +726,9 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
     if encounter is not None:
         observation["encounter"] = encounter
     _put_dt(observation, "effectiveDateTime", seg, 14, ctx)  # IG OBX-14
+    specimen = ctx.extra.get(_OBR_SPECIMEN)
+    if isinstance(specimen, str) and ctx.current.get("DiagnosticReport"):
+        observation["specimen"] = ctx.bundle.reference(specimen)  # IG OBR[Specimen]
     if value_type or seg.field(5):
         _set_value(observation, value_type, seg, ctx)  # IG OBX-5 (by OBX-2) + OBX-6
     seg.mark_used(2, 6)
@@ -842,9 +885,12 @@ def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
     ctx.current["Specimen"] = url
     _append_ref(_resource(ctx, "DiagnosticReport"), "specimen", url, ctx)
     _append_ref(_resource(ctx, "ServiceRequest"), "specimen", url, ctx)
+    obr_specimen = ctx.extra.get(_OBR_SPECIMEN)
+    obr_reference = ctx.bundle.reference(obr_specimen) if isinstance(obr_specimen, str) else None
     for observation_url in ctx.extra.get(_GROUP_OBSERVATIONS, []):
         observation = ctx.bundle.resource(observation_url)
-        if observation is not None and "specimen" not in observation:
+        # An SPM describes the specimen better than the OBR's: it replaces that link.
+        if observation is not None and observation.get("specimen") in (None, obr_reference):
             observation["specimen"] = ctx.bundle.reference(url)
 
 
