@@ -179,16 +179,29 @@ class BundleBuilder:
         return {"resourceType": "Bundle", **self.bundle_fields, "type": "transaction", "entry": self._entries}
 
 
-def _prune(node: Any) -> bool:
-    """Remove empty values in place; True when `node` itself ends up empty."""
-    if isinstance(node, dict):
-        for key in [k for k, v in node.items() if _prune(v)]:
-            del node[key]
-        return not node
-    if isinstance(node, list):
-        node[:] = [item for item in node if not _prune(item)]
-        return not node
-    return node is None or node == ""
+def _prune(node: dict[str, Any]) -> bool:
+    """Remove empty values (None, "", [], {}) in place; True when `node` itself ends up empty.
+
+    Hand-unrolled on exact types: it runs over every element of every Bundle.
+    """
+    drop = [key for key, value in node.items() if _is_empty(value)]
+    for key in drop:
+        del node[key]
+    return not node
+
+
+def _is_empty(value: Any) -> bool:
+    kind = type(value)
+    if kind is str:
+        return not value
+    if kind is dict:
+        return _prune(value)
+    if kind is list:
+        kept = [item for item in value if not _is_empty(item)]
+        if len(kept) != len(value):
+            value[:] = kept
+        return not kept
+    return value is None
 
 
 def _merge_into(target: dict[str, Any], extra: dict[str, Any]) -> None:

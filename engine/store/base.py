@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from engine.types import QuarantinedFrame
 from engine.types import Status
 
 #: Statuses a lease may hand out (RETRY only once its next_attempt_at has passed).
@@ -145,4 +144,3 @@ class LeasePlanner:
 # ---------------------------------------------------------------- quarantine
 
 
-# QuarantinedFrame lives in engine.types (part of the Store protocol); re-exported here.

@@ -18,13 +18,14 @@ from engine.admin import AdminServer
 from engine.admin_api import TokenAuth, token_id
 from engine.obs import metrics
 from engine.obs.health import Readiness
-from engine.store.base import REQUEUEABLE, QuarantinedFrame
+from engine.store.base import REQUEUEABLE
 from engine.store.sqlite import SQLiteStore
 from engine.types import (
     UNFINISHED,
     Inbound,
     IngestResult,
     MessageQuery,
+    QuarantinedFrame,
     QueueStats,
     Status,
     Store,

@@ -24,7 +24,6 @@ Choices where the IG leaves room:
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -77,6 +76,15 @@ _PATIENT_MERGE_EVENTS = frozenset({"A30", "A34", "A36", "A39", "A40", "A46", "A4
 
 
 # ---------------------------------------------------------------- shared pieces
+
+
+def _clone(node: Any) -> Any:
+    """Copy of a JSON-shaped value (cheaper than copy.deepcopy: no memo, no reduce protocol)."""
+    if type(node) is dict:
+        return {k: _clone(v) for k, v in node.items()}
+    if type(node) is list:
+        return [_clone(v) for v in node]
+    return node
 
 
 def ssn_identifier(value: str) -> dict[str, Any]:
@@ -445,14 +453,14 @@ def nk1_to_related_person(nk1: Segment, ctx: MappingContext) -> None:
     patient = ctx.bundle.resource(patient_url)
     contact: dict[str, Any] = {}
     if "relationship" in shared:
-        contact["relationship"] = copy.deepcopy(shared["relationship"])
+        contact["relationship"] = _clone(shared["relationship"])
     if shared.get("name"):
-        contact["name"] = copy.deepcopy(shared["name"][0])
+        contact["name"] = _clone(shared["name"][0])
     for key in ("telecom", "gender", "period"):
         if key in shared:
-            contact[key] = copy.deepcopy(shared[key])
+            contact[key] = _clone(shared[key])
     if shared.get("address"):
-        contact["address"] = copy.deepcopy(shared["address"][0])
+        contact["address"] = _clone(shared["address"][0])
     if nk1.field(13):
         org = xon_to_organization(nk1.rep(13), s)
         if org is not None:
