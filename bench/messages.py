@@ -8,7 +8,8 @@ field is built from a numbered list so its position is visible in review.
 
 Optionally, messages from the third-party corpus (../shared/corpus) join the mix.
 Their bytes are sent as stored (terminators normalised to CR, batch envelopes
-FHS/BHS/BTS/FTS dropped); only MSH-10 is replaced.
+FHS/BHS/BTS/FTS dropped); only MSH-10 is replaced. Messages whose MSH-15 asks for
+no accept ACK (NE, ER) are left out: a sender that waits for each ACK cannot send them.
 """
 
 from __future__ import annotations
@@ -244,6 +245,21 @@ class Template:
         return self.before_control_id + control_id + self.after_control_id
 
     @property
+    def expects_commit_ack(self) -> bool:
+        """False when MSH-15 (accept acknowledgment type) is NE or ER: no ACK would come back.
+
+        HL7 v2 ch. 2.9.3 (enhanced mode): NE = never, ER = only on error; our sender
+        waits for every ACK, so such messages cannot be part of its load.
+        """
+        separator = self.after_control_id[:1]
+        header_end = self.after_control_id.find(b"\r")
+        header = self.after_control_id[: header_end if header_end >= 0 else None]
+        # after_control_id starts at the separator ending MSH-10: index 5 is MSH-15.
+        fields = header.split(separator)
+        accept = fields[5].strip().upper() if separator and len(fields) > 5 else b""
+        return accept not in (b"NE", b"ER")
+
+    @property
     def size(self) -> int:
         """Bytes of the message with a 16-byte control id."""
         return len(self.before_control_id) + 16 + len(self.after_control_id)
@@ -313,14 +329,19 @@ def split_messages(raw: bytes) -> list[bytes]:
 
 
 def corpus_templates(root: Path, limit: int = 200) -> list[Template]:
-    """Up to `limit` corpus messages (sorted by path, so runs are comparable) as templates."""
+    """Up to `limit` corpus messages (sorted by path, so runs are comparable) as templates.
+
+    Messages that ask for no accept ACK (MSH-15 NE/ER) are left out.
+    """
     templates: list[Template] = []
     for path in sorted(root.rglob("*.hl7")):
         for number, message in enumerate(split_messages(path.read_bytes()), start=1):
             try:
-                templates.append(Template.from_bytes(f"{path.relative_to(root)}#{number}", message))
+                template = Template.from_bytes(f"{path.relative_to(root)}#{number}", message)
             except ValueError:
                 continue  # a deliberately malformed header: not a throughput sample
+            if template.expects_commit_ack:
+                templates.append(template)
             if len(templates) >= limit:
                 return templates
     return templates

@@ -11,6 +11,8 @@ Public API:
   human-readable differences with JSON paths; an empty list means "matches".
 - `count_matched(expected, actual, *, ignore_keys=...) -> tuple[int, int]`: how many of the
   expected leaf values are matched (for conformance figures), and how many there are.
+- `SubsetComparator(ignore_keys)`: the same checks (`matches`, `diff`, `score`, `leaves`)
+  with one memo, for callers that compare the same documents several ways.
 - `run_channel_samples(channel_dir, convert) -> list[SampleResult]`: run every
   `samples/*.hl7` of a channel through `convert` and compare with `*.expected.json`.
 
@@ -43,7 +45,7 @@ def subset_diff(
     expected: Any, actual: Any, *, ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS
 ) -> list[str]:
     """Return every way `expected` is not a subset of `actual` (empty list: it is)."""
-    return _Comparator(ignore_keys).diff(expected, actual, "$")
+    return SubsetComparator(ignore_keys).diff(expected, actual, "$")
 
 
 def count_matched(
@@ -54,7 +56,7 @@ def count_matched(
     A leaf is a scalar (string, number, boolean, null) reached through keys that are not
     ignored. List items are paired one-to-one with actual items, best-scoring pairs first.
     """
-    comparator = _Comparator(ignore_keys)
+    comparator = SubsetComparator(ignore_keys)
     return comparator.score(expected, actual), comparator.leaves(expected)
 
 
@@ -91,14 +93,19 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class _Comparator:
-    """Recursive subset checks; one instance per comparison so the memo stays small."""
+class SubsetComparator:
+    """Recursive subset checks with memoised results.
+
+    One instance may serve several comparisons of the same documents (the conformance
+    harness scores, diffs and counts one pair with one instance); the memo is keyed by
+    object identity, so the documents must not change while it is in use.
+    """
 
     def __init__(self, ignore_keys: frozenset[str]) -> None:
         self._ignore = ignore_keys
-        self._leaf_memo: dict[int, int] = {}
         # Keyed by object ids: both documents outlive the comparator, so ids stay unique.
         self._match_memo: dict[tuple[int, int], bool] = {}
+        self._score_memo: dict[tuple[int, int], int] = {}
 
     # ------------------------------------------------------------ boolean match
 
@@ -167,7 +174,8 @@ class _Comparator:
 
     # ------------------------------------------------------------ differences
 
-    def diff(self, expected: Any, actual: Any, path: str) -> list[str]:
+    def diff(self, expected: Any, actual: Any, path: str = "$") -> list[str]:
+        """Differences of `expected` from `actual`, each with its JSON path (empty: subset)."""
         if isinstance(expected, Mapping):
             if not isinstance(actual, Mapping):
                 return [f"{path}: expected an object, found {type(actual).__name__}"]
@@ -221,6 +229,7 @@ class _Comparator:
     # ------------------------------------------------------------ counting
 
     def leaves(self, expected: Any) -> int:
+        """Scalars of `expected` reached through compared keys."""
         if isinstance(expected, Mapping):
             return sum(
                 self.leaves(value) for key, value in expected.items() if not _is_ignored(key, self._ignore)
@@ -229,13 +238,18 @@ class _Comparator:
             return sum(self.leaves(item) for item in expected)
         return 1
 
-    def _leaves_cached(self, expected: Any) -> int:
-        key = id(expected)
-        if key not in self._leaf_memo:
-            self._leaf_memo[key] = self.leaves(expected)
-        return self._leaf_memo[key]
-
     def score(self, expected: Any, actual: Any) -> int:
+        """Leaves of `expected` matched in `actual` (list items paired one-to-one, best first)."""
+        if not isinstance(expected, Mapping | list):
+            return 1 if _scalar_equal(expected, actual) else 0
+        key = (id(expected), id(actual))
+        known = self._score_memo.get(key)
+        if known is None:
+            known = self._score_uncached(expected, actual)
+            self._score_memo[key] = known
+        return known
+
+    def _score_uncached(self, expected: Any, actual: Any) -> int:
         if isinstance(expected, Mapping):
             if not isinstance(actual, Mapping):
                 return 0
@@ -254,11 +268,10 @@ class _Comparator:
         scored: list[tuple[int, int, int]] = []  # (-score, expected index, actual index)
         for i, item in enumerate(expected):
             kind = _kind(item)
-            full = self._leaves_cached(item)
             for j, other in enumerate(actual):
                 if kind is not None and _kind(other) != kind:
                     continue
-                points = full if self.matches(item, other) else self.score(item, other)
+                points = self.score(item, other)
                 if points:
                     scored.append((-points, i, j))
         scored.sort()

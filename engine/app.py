@@ -26,6 +26,7 @@ from engine.mllp.tls import server_context
 from engine.obs import metrics
 from engine.pipeline.intake import Acceptance, Intake, IntakeSettings
 from engine.pipeline.runner import RetryPolicy, Runner
+from engine.pipeline.workers import ChannelSpec, PoolExecutor, StageExecutor, WorkerPool, resolve_workers
 from engine.registry import BuildContext, Registry, default_registry
 from engine.store.factory import open_store
 from engine.types import Sink, Stage, Store
@@ -99,6 +100,8 @@ class Engine:
         self.registry = registry or default_registry()
         self.store: Store = open_store(config.store)
         self.channels: dict[str, ChannelRuntime] = {}
+        workers = resolve_workers(config.workers)
+        self.pool: WorkerPool | None = WorkerPool(workers) if workers > 0 else None
         self.admin: AdminServer | None = None
         self._ready = False
         self._draining = False
@@ -139,6 +142,8 @@ class Engine:
         recovered = await self.store.recover()
         if recovered:
             log.info("recovered_unfinished", count=recovered)
+        if self.pool is not None:
+            await self.pool.start()
         for channel in self.config.channels:
             if not channel.enabled:
                 continue
@@ -166,7 +171,8 @@ class Engine:
         ctx = BuildContext(channel=channel.name, config_dir=self.config.base_dir)
         stages = build_stages(channel, self.registry, ctx)
         sinks = build_sinks(channel, self.registry, ctx)
-        runner = Runner(channel.name, self.store, stages, sinks, retry=retry_policy(channel))
+        runner = Runner(channel.name, self.store, stages, sinks, retry=retry_policy(channel),
+                        executor=self._executor(channel))
         intake = Intake(intake_settings(channel), self.store, on_stored=runner.wake,
                         stages=stages if channel.ack == "after_processing" else ())
         host, port = split_hostport(channel.listen)
@@ -191,6 +197,19 @@ class Engine:
             allow=channel.allow or None,
         )
         return ChannelRuntime(channel, stages, sinks, runner, intake, server)
+
+    def _executor(self, channel: ChannelConfig) -> StageExecutor | None:
+        """Stages run in the worker pool when there is one; None = inline on the event loop."""
+        if self.pool is None or not channel.pipeline:
+            return None
+        spec = ChannelSpec(
+            channel=channel.name,
+            version=channel.version,
+            stages=tuple((str(getattr(c, "type")), c.model_dump(by_alias=True, mode="json"))  # noqa: B009
+                         for c in channel.pipeline),
+            config_dir=str(self.config.base_dir),
+        )
+        return PoolExecutor(self.pool, spec)
 
     async def stop(self, deadline_s: float = 30.0) -> None:
         """Graceful drain within `deadline_s`; forced after ¾ of it."""
@@ -224,6 +243,8 @@ class Engine:
             rt.state = "stopped"
         if self.admin is not None:
             await self.admin.close()
+        if self.pool is not None:
+            await self.pool.close()
         await self.store.close()
         self._ready = False
         log.info("engine_stopped", seconds=round(time.monotonic() - started, 3))

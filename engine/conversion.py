@@ -17,7 +17,7 @@ from engine.app import build_stages
 from engine.config.models import ChannelConfig, EngineConfig
 from engine.hl7.batch import split_messages
 from engine.hl7.decode import decode_message
-from engine.pipeline.runner import failure_reason
+from engine.pipeline.workers import failure_reason
 from engine.registry import BuildContext, Registry, default_registry
 from engine.types import EngineError, Exchange, Stage, Status, StoredMessage
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from channels.mappers.vocab import Vocabulary, load_vocabulary
 
@@ -58,6 +58,9 @@ class MappingOptions(BaseModel):
         ),
     )
 
+    # Compiled form, filled by compile_options on first use (per instance, so per channel).
+    _settings: Settings | None = PrivateAttr(default=None)
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
@@ -94,7 +97,11 @@ _compiled: dict[str, Settings] = {}
 
 
 def compile_options(options: MappingOptions) -> Settings:
-    """Settings for these options (loads and merges code tables once; cached by value)."""
+    """Settings for these options (loads and merges code tables once; cached on the instance
+    and by value, so passing the same MappingOptions per message costs one attribute read)."""
+    cached = options._settings
+    if cached is not None:
+        return cached
     key = options.model_dump_json(by_alias=True)
     found = _compiled.get(key)
     if found is None:
@@ -108,4 +115,5 @@ def compile_options(options: MappingOptions) -> Settings:
         )
         if len(_compiled) < 256:  # bounded: options come from config, not from messages
             _compiled[key] = found
+    options._settings = found
     return found

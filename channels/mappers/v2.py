@@ -100,7 +100,12 @@ class Repetition:
 
     def component(self, index: int, sub: int = 1) -> str:
         """Decoded subcomponent `sub` of component `index` (both 1-based); "" when empty."""
-        text = self.component_raw(index)
+        comps = self._comps
+        if comps is None:
+            comps = self._components()
+        if not 0 < index <= len(comps):
+            return ""
+        text = comps[index - 1]  # inlined component_raw: this is the hottest call of every map
         if not text:
             return ""
         sep = self._delims.subcomponent

@@ -1,7 +1,16 @@
 """Code tables as data: v2 codes → FHIR codes (HL7 v2-to-FHIR IG concept maps).
 
-The tables live in ``channels/vocab/*.json`` (see its README.md); this module loads
-them once per channel and applies the channel's overrides.
+The tables live in ``channels/vocab/*.json``, one concept map per file:
+``{"name", "v2_table", "source", "map": {v2 code: {"code", "system", "display", "v2_display"}}}``.
+All but CodingSystems.json are transcribed from the HL7 v2-to-FHIR IG concept maps
+(HL7/v2-to-fhir @ 8c9b414b, mappings/codesystems, spec data); CodingSystems.json maps
+v2 table 0396 coding-system names (CWE.3) to FHIR system URIs. This module loads them
+once per channel and applies the channel's overrides, e.g. in YAML::
+
+    code_tables:
+      "0001": local-0001.json          # a file in channels/vocab/, same format
+      "0063": {"FRD": {"code": "FRND", "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode"}}
+      "0002": {"Q": "U"}               # a bare target code, in the map's usual system
 
 Public API::
 

@@ -753,6 +753,9 @@ class EngineConfig(_Model):
     channels: tuple[ChannelConfig, ...] = ()
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM/SIGINT, drain for at most this long (forced at 3/4 of it; duplicates may follow)."""
+    workers: int | Literal["auto"] = "auto"
+    """Processes that run the channels' stages (mapping), so conversion uses other cores while
+    the listener keeps answering. 0 runs stages in the engine process; auto = CPU count - 1."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

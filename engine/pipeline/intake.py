@@ -33,6 +33,7 @@ from engine.hl7.fields import field_value
 from engine.hl7.header import HeaderError, parse_header
 from engine.mllp.server import ConnectionInfo
 from engine.obs import metrics
+from engine.pipeline.workers import failure_reason
 from engine.types import (
     Exchange,
     Inbound,
@@ -203,8 +204,6 @@ class Intake:
             try:
                 exchange = stage.process(exchange)
             except Exception as exc:
-                from engine.pipeline.runner import failure_reason
-
                 reason = f"stage {stage.name}: {failure_reason(exc)}"
                 await self._store.dead_letter(message_id, reason)
                 metrics.PROCESSED.labels(self._channel, "dead").inc()

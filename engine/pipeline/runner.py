@@ -22,11 +22,10 @@ from typing import Any
 import structlog
 
 from engine.obs import metrics
+from engine.pipeline.workers import InlineExecutor, StageExecutor, StageOutcome, failure_reason
 from engine.types import (
     NOT_ATTEMPTED,
-    EngineError,
     Exchange,
-    MappingError,
     PermanentError,
     Sink,
     Stage,
@@ -59,14 +58,6 @@ class RetryPolicy:
         return self.max_attempts > 0 and attempts >= self.max_attempts
 
 
-def failure_reason(exc: BaseException) -> str:
-    """A reason safe to store and show: our own errors carry PHI-free text by contract;
-    anything else is reduced to its type, since its text may quote message content."""
-    if isinstance(exc, EngineError):
-        return f"{exc.__class__.__name__}: {exc}"
-    return f"unexpected {exc.__class__.__name__}"
-
-
 class Runner:
     """Leases and processes one channel's messages until stopped."""
 
@@ -77,13 +68,14 @@ class Runner:
         stages: Sequence[Stage],
         sinks: Sequence[Sink],
         *,
+        executor: StageExecutor | None = None,
         retry: RetryPolicy | None = None,
         batch_size: int = 256,
         idle_poll_s: float = 1.0,
     ) -> None:
         self.channel = channel
         self._store = store
-        self._stages = list(stages)
+        self._executor: StageExecutor = executor or InlineExecutor(stages)
         self._sinks = list(sinks)
         self._retry = retry or RetryPolicy()
         self._batch_size = batch_size
@@ -158,11 +150,26 @@ class Runner:
         return True
 
     async def _process(self, batch: list[StoredMessage]) -> None:
+        outcomes = await self._executor.run(batch)
         exchanges: list[Exchange] = []
-        for message in batch:
-            exchange = await self._run_stages(message)
-            if exchange is not None:
+        settled: list[Coroutine[Any, Any, None]] = []
+        for message, outcome in zip(batch, outcomes, strict=True):
+            self._observe(outcome)
+            if outcome.error is not None:
+                if outcome.unexpected is not None:
+                    log.error("stage_failed", channel=self.channel, message_id=message.id,
+                              error_type=outcome.unexpected)
+                settled.append(self._dead(message, outcome.error))
+            elif outcome.filtered:
+                settled.append(self._store.complete(message.id, Status.FILTERED))
+                metrics.PROCESSED.labels(self.channel, "filtered").inc()
+                self.processed += 1
+            else:
+                exchange = Exchange(message=message, text="", output=outcome.output)
+                exchange.properties["unmapped"] = outcome.unmapped
                 exchanges.append(exchange)
+        if settled:
+            await asyncio.gather(*settled)
         if not exchanges:
             return
         failed: dict[int, BaseException] = {}
@@ -211,32 +218,11 @@ class Runner:
             updates.append(self._store.unlease(sorted(held_back)))
         await asyncio.gather(*updates)
 
-    async def _run_stages(self, message: StoredMessage) -> Exchange | None:
-        exchange: Exchange | None = Exchange(message=message, text=message.text())
-        for stage in self._stages:
-            assert exchange is not None
-            started = time.perf_counter()
-            try:
-                exchange = stage.process(exchange)
-            except Exception as exc:
-                # A mapper failure is a property of the message: retrying cannot help.
-                reason = failure_reason(exc)
-                if not isinstance(exc, (MappingError, PermanentError)):
-                    log.error("stage_failed", channel=self.channel, stage=stage.name,
-                              message_id=message.id, error_type=exc.__class__.__name__)
-                await self._dead(message, f"stage {stage.name}: {reason}")
-                return None
-            finally:
-                metrics.STAGE_LATENCY.labels(self.channel, stage.name).observe(
-                    time.perf_counter() - started)
-            if exchange is None:
-                await self._store.complete(message.id, Status.FILTERED)
-                metrics.PROCESSED.labels(self.channel, "filtered").inc()
-                self.processed += 1
-                return None
-            # Stages are CPU work on the event loop: let ACKs go out between messages.
-            await asyncio.sleep(0)
-        return exchange
+    def _observe(self, outcome: StageOutcome) -> None:
+        for stage_name, seconds in outcome.timings:
+            metrics.STAGE_LATENCY.labels(self.channel, stage_name).observe(seconds)
+        for segment, field_no in outcome.unmapped:
+            metrics.FIELDS_UNMAPPED.labels(self.channel, segment, field_no).inc()
 
     async def _fail(self, message: StoredMessage, exc: BaseException) -> None:
         reason = failure_reason(exc)

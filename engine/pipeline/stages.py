@@ -13,7 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from channels.mappers.convert import convert_message
 from channels.mappers.options import MappingOptions
-from engine.obs import metrics
 from engine.registry import BuildContext, Registry
 from engine.types import Exchange
 
@@ -33,8 +32,7 @@ class V2ToFhirStage:
     def process(self, exchange: Exchange) -> Exchange:
         result = convert_message(exchange.text, self._options)
         exchange.output = result.bundle
-        for segment, field in result.unmapped:
-            metrics.FIELDS_UNMAPPED.labels(self._channel, segment, field).inc()
+        # Counted by the runner (hl7engine_fields_unmapped_total): stages may run in workers.
         exchange.properties["unmapped"] = result.unmapped
         return exchange
 

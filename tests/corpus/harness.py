@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any
 from channels.mappers.convert import convert_message
 from channels.mappers.options import MappingOptions
 from channels.mappers.v2 import split_messages
-from channels.testing import count_matched, subset_diff
+from channels.testing import DEFAULT_IGNORE_KEYS, SubsetComparator
 from engine.types import MappingError
 from tests.corpus import lfh
 
@@ -150,7 +151,13 @@ def convert_all(messages: Iterable[CorpusMessage], fhir_version: str) -> dict[st
 # --------------------------------------------------------------------- CDC
 
 _RS_PREFIX = "https://reportstream.cdc.gov/"
+# ReportStream also keeps raw v2 components in extensions named after the field ("SN.1").
+_RS_FIELD_URL = re.compile(r"^[A-Z][A-Z0-9]{1,2}\.\d+$")
 _RS_ASSEMBLER = "CDC PRIME - Atlanta"
+
+
+def _is_rs_extension(url: str) -> bool:
+    return url.startswith(_RS_PREFIX) or bool(_RS_FIELD_URL.match(url))
 
 
 def _strip_rs(node: Any) -> Any:
@@ -162,7 +169,7 @@ def _strip_rs(node: Any) -> Any:
                 kept = [
                     _strip_rs(ext)
                     for ext in value
-                    if not (isinstance(ext, Mapping) and str(ext.get("url", "")).startswith(_RS_PREFIX))
+                    if not (isinstance(ext, Mapping) and _is_rs_extension(str(ext.get("url", ""))))
                 ]
                 kept = [ext for ext in kept if ext not in ({}, None)]
                 if kept:
@@ -214,6 +221,29 @@ def resources_only(bundle: Mapping[str, Any]) -> dict[str, Any]:
     return {"entry": [{"resource": e["resource"]} for e in bundle.get("entry", []) if "resource" in e]}
 
 
+#: The resource types a ReportStream test folder isolates (its IG row's target). A pair
+#: "passes on focus" when the expected resources of these types are a subset of ours,
+#: whatever the header/provenance resources around them look like. Folders not listed
+#: isolate a datatype: their focus is every type but MessageHeader and Provenance.
+CDC_FOCUS: dict[str, frozenset[str]] = {
+    "catchall/pid": frozenset({"Patient"}),
+    "catchall/pd1": frozenset({"Patient"}),
+    "catchall/nk1": frozenset({"RelatedPerson"}),
+    "catchall/in1": frozenset({"Coverage"}),
+    "catchall/msh": frozenset({"MessageHeader"}),
+    "catchall/msg": frozenset({"MessageHeader"}),
+    "msh/hd": frozenset({"MessageHeader"}),
+    "catchall/pv1pv2": frozenset({"Encounter"}),
+    "catchall/obx": frozenset({"Observation"}),
+    "catchall/orcobr": frozenset({"ServiceRequest", "DiagnosticReport"}),
+    "catchall/spm": frozenset({"Specimen"}),
+    "catchall/nte": frozenset({"Observation", "ServiceRequest"}),
+    "catchall/pl": frozenset({"Location"}),
+    "catchall/dld": frozenset({"Location"}),
+}
+_NOT_FOCUS = frozenset({"MessageHeader", "Provenance"})
+
+
 @dataclass(slots=True)
 class PairScore:
     key: str
@@ -223,17 +253,28 @@ class PairScore:
     passed: bool
     differences: list[str] = field(default_factory=list)
     error: str | None = None
+    focus_passed: bool = False  # the folder's own resource types match (CDC_FOCUS)
+
+
+def _only_types(bundle: Mapping[str, Any], types: frozenset[str] | None) -> dict[str, Any]:
+    def wanted(kind: str) -> bool:
+        return kind in types if types is not None else kind not in _NOT_FOCUS
+
+    return {"entry": [e for e in bundle.get("entry", []) if wanted(e["resource"].get("resourceType", ""))]}
 
 
 def score_cdc(message: CorpusMessage, converted: Converted, corpus: Path) -> PairScore:
     expected = normalise_cdc_expected(json.loads((corpus / message.expected).read_text(encoding="utf-8")))
-    total = count_matched(expected, expected)[1]
+    comparator = SubsetComparator(DEFAULT_IGNORE_KEYS)
+    total = comparator.leaves(expected)
     if converted.bundle is None:
         return PairScore(message.key, message.group, 0, total, False, error=converted.error_type)
     actual = resources_only(converted.bundle)
-    matched, total = count_matched(expected, actual)
-    differences = subset_diff(expected, actual)
-    return PairScore(message.key, message.group, matched, total, not differences, differences)
+    matched = comparator.score(expected, actual)
+    differences = [] if comparator.matches(expected, actual) else comparator.diff(expected, actual)
+    focus = CDC_FOCUS.get(message.group)
+    focus_passed = comparator.matches(_only_types(expected, focus), _only_types(actual, focus))
+    return PairScore(message.key, message.group, matched, total, not differences, differences, None, focus_passed)
 
 
 # --------------------------------------------------------------------- Microsoft
@@ -285,15 +326,16 @@ def score_microsoft(
         resource = entry.get("resource", {})
         by_type_actual.setdefault(resource.get("resourceType", ""), []).append(resource)
     scores: dict[str, list[int]] = {}
+    comparator = SubsetComparator(DEFAULT_IGNORE_KEYS)
     for kind, expected_resources in by_type_expected.items():
         actual_resources = by_type_actual.get(kind, [])
         candidates: list[tuple[int, int, int, int]] = []  # (-shared ids, -matched, i, j)
-        totals = [count_matched(r, r)[1] for r in expected_resources]
+        totals = [comparator.leaves(r) for r in expected_resources]
+        actual_ids = [_identifier_values(act) for act in actual_resources]
         for i, exp in enumerate(expected_resources):
             ids = _identifier_values(exp)
             for j, act in enumerate(actual_resources):
-                matched, _ = count_matched(exp, act)
-                candidates.append((-len(ids & _identifier_values(act)), -matched, i, j))
+                candidates.append((-len(ids & actual_ids[j]), -comparator.score(exp, act), i, j))
         candidates.sort()
         used_e: set[int] = set()
         used_a: set[int] = set()

@@ -3,8 +3,9 @@
 Run it on its own with `python -m tests.corpus.report` (from the repository root), or let
 tests/corpus/test_conformance.py write it. Figures:
 
-- cdc-prime-reportstream: expected leaf values matched / total after normalisation, and
-  pairs passing the full subset match, per test folder.
+- cdc-prime-reportstream: expected leaf values matched / total after normalisation, pairs
+  passing the full subset match, and pairs passing on the resource types their folder
+  isolates (harness.CDC_FOCUS), per test folder.
 - microsoft-FHIR-Converter: leaf values matched / total per resource type, resources
   paired by identifier.
 - linuxforhealth: assertions passed / evaluated, per test class and per segment
@@ -35,11 +36,12 @@ def _cdc_section(run: harness.CorpusRun) -> dict[str, Any]:
     groups: dict[str, dict[str, int]] = {}
     causes: Counter[str] = Counter()
     for pair in run.cdc:
-        group = groups.setdefault(pair.group, {"matched": 0, "total": 0, "pairs": 0, "passed": 0})
+        group = groups.setdefault(pair.group, {"matched": 0, "total": 0, "pairs": 0, "passed": 0, "focus_passed": 0})
         group["matched"] += pair.matched
         group["total"] += pair.total
         group["pairs"] += 1
         group["passed"] += int(pair.passed)
+        group["focus_passed"] += int(pair.focus_passed)
         for difference in pair.differences:
             path = _INDEX.sub("[]", difference.split(": ", 1)[0])
             causes[path] += 1
@@ -53,6 +55,7 @@ def _cdc_section(run: harness.CorpusRun) -> dict[str, Any]:
         "fraction": _fraction(matched, total),
         "pairs": len(run.cdc),
         "passed": sum(int(p.passed) for p in run.cdc),
+        "focus_passed": sum(int(p.focus_passed) for p in run.cdc),
         "groups": {name: {**g, "fraction": _fraction(g["matched"], g["total"])} for name, g in sorted(groups.items())},
         "top_mismatches": causes.most_common(25),
         "failing_pairs": sorted(p.key for p in run.cdc if not p.passed),
@@ -148,6 +151,7 @@ def achieved_figures(report: dict[str, Any]) -> dict[str, float]:
     return {
         "cdc_matched_fraction": cdc["fraction"],
         "cdc_pairs_passed": float(cdc["passed"]),
+        "cdc_focus_pairs_passed": float(cdc["focus_passed"]),
         "microsoft_matched_fraction": sources[harness.MICROSOFT]["fraction"],
         "lfh_passed_fraction": lfh_section["fraction"],
         "lfh_core_passed_fraction": lfh_section["core_segments"]["fraction"],
@@ -165,7 +169,7 @@ def format_table(report: dict[str, Any]) -> str:
         "",
         f"{'source':<40} {'matched':>9} {'total':>9} {'fraction':>9}  notes",
         f"{harness.CDC:<40} {cdc['matched']:>9} {cdc['total']:>9} {cdc['fraction']:>9.1%}  "
-        f"{cdc['passed']}/{cdc['pairs']} pairs pass",
+        f"{cdc['passed']}/{cdc['pairs']} pairs pass, {cdc['focus_passed']} on their focus types",
         f"{harness.MICROSOFT:<40} {ms['matched']:>9} {ms['total']:>9} {ms['fraction']:>9.1%}  "
         f"{ms['messages']} messages",
         f"{harness.LFH:<40} {lfh_section['passed']:>9} {lfh_section['evaluated']:>9} "
@@ -173,10 +177,13 @@ def format_table(report: dict[str, Any]) -> str:
         f"PID/IN1/NK1/PV1 {lfh_section['core_segments']['passed']}/"
         f"{lfh_section['core_segments']['evaluated']} ({lfh_section['core_segments']['fraction']:.1%})",
         "",
-        "CDC per test folder (passed/pairs, matched fraction):",
+        "CDC per test folder (passed/pairs, passed on focus types, matched fraction):",
     ]
     for name, group in cdc["groups"].items():
-        lines.append(f"  {name:<44} {group['passed']:>3}/{group['pairs']:<3} {group['fraction']:>7.1%}")
+        lines.append(
+            f"  {name:<44} {group['passed']:>3}/{group['pairs']:<3} focus {group['focus_passed']:>3}"
+            f" {group['fraction']:>7.1%}"
+        )
     lines.append("Microsoft per resource type (matched/total):")
     for kind, scores in ms["types"].items():
         lines.append(

@@ -78,6 +78,15 @@ class TestMessages:
         with pytest.raises(ValueError, match="fewer than 10"):
             Template.from_bytes("short", b"MSH|^~\\&|A|B\rPID|1\r")
 
+    def test_messages_asking_for_no_accept_ack_are_recognised(self) -> None:
+        """MSH-15 NE or ER means no ACK will come back; empty, AL and SU mean one will."""
+        header = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|C1|P|2.5|||"
+        expected = {b"NE": False, b"ER": False, b"AL": True, b"SU": True, b"": True}
+        actual = {
+            code: Template.from_bytes("t", header + code + b"|NE\rPID|1\r").expects_commit_ack for code in expected
+        }
+        assert actual == expected
+
     def test_split_messages_normalises_batches_and_terminators(self) -> None:
         """Batch envelopes are dropped, LF/CRLF become CR and a BOM is removed."""
         raw = b"\xef\xbb\xbfFHS|^~\\&\nBHS|^~\\&\r\nMSH|^~\\&|A\nPID|1\nMSH|^~\\&|B\r\nBTS|2\nFTS|1\n"
@@ -92,6 +101,7 @@ class TestMessages:
             pytest.skip(f"corpus not present at {root}")
         templates = corpus_templates(root, limit=50)
         assert len(templates) == 50
+        assert all(template.expects_commit_ack for template in templates)
         for template in templates:
             rendered = template.render(b"CORPUS1")
             separator = rendered[3:4]

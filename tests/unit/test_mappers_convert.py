@@ -8,13 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from channels.mappers import messages
 from channels.mappers.convert import convert_message
-from channels.mappers.messages import MappingContext, registered_segments, segment_mapper
+from channels.mappers.messages import MappingContext
 from channels.mappers.options import MappingOptions
 from channels.mappers.v2 import Segment
 from channels.mappers.validate import validate_bundle
 from engine.types import MappingError
-from tests.unit.test_mappers_helpers import MSH_A01, resources
+from tests.unit.test_mappers_helpers import MSH_A01, resources, segment
 
 MESSAGE = "\r".join(
     [
@@ -47,14 +48,15 @@ class TestDeterminism:
 class TestFieldAccounting:
     def test_unmapped_segments_and_fields(self) -> None:
         """Segments without a map are (SEG, "*"); present fields no mapper read are (SEG, n); never values."""
-        result = convert_message(
-            MESSAGE + "\rPID|2||M2||DOE^JOHN|||M|||||||||||||||||||||||||||||||||||Y", MappingOptions()
-        )
+        extra_pid = segment("PID", {1: "2", 3: "M2", 5: "DOE^JOHN", 31: "Y"})  # PID-31 has no IG target
+        result = convert_message(MESSAGE + "\r" + extra_pid, MappingOptions())
         assert ("ZPI", "*") in result.unmapped
         assert ("MSH", "12") in result.unmapped
-        assert ("PID", "31") not in result.unmapped or "ZPI" in dict(result.unmapped)
+        assert ("PID", "31") in result.unmapped
+        assert ("PID", "3") not in result.unmapped
         for segment_id, field in result.unmapped:
             assert len(segment_id) == 3 and (field == "*" or field.isdigit())
+        assert len(result.unmapped) == len(set(result.unmapped))
 
     def test_segments_option_limits_the_maps(self) -> None:
         """segments: [MSH, PID] maps no Coverage and reports IN1 and EVN as unmapped segments."""
@@ -76,14 +78,14 @@ class TestErrors:
             convert_message(MSH_A01 + "\rEVN|A01\r", MappingOptions())
         assert info.value.segment == "PID"
 
-    def test_mapper_bug_becomes_mapping_error_without_data(self) -> None:
+    def test_mapper_bug_becomes_mapping_error_without_data(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """An unexpected exception in a mapper surfaces as MappingError naming the segment, not the value."""
-        if "ZBG" not in registered_segments():
 
-            @segment_mapper("ZBG", summary="test-only mapper that fails")
-            def broken(seg: Segment, ctx: MappingContext) -> None:
-                raise KeyError(seg.value(1))
+        def broken(seg: Segment, ctx: MappingContext) -> None:
+            raise KeyError(seg.value(1))
 
+        # Registered for this test only: the registry is process-wide.
+        monkeypatch.setitem(messages._REGISTRY, "ZBG", messages.Registration("ZBG", broken, "test-only"))
         with pytest.raises(MappingError) as info:
             convert_message(MESSAGE + "\rZBG|SECRET-VALUE", MappingOptions())
         assert info.value.segment == "ZBG"

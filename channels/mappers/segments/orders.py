@@ -57,7 +57,8 @@ SD = "http://hl7.org/fhir/StructureDefinition/"
 DATA_ABSENT_REASON = SD + "data-absent-reason"
 V2_0203 = v2_table_system("0203")
 UCUM = "http://unitsofmeasure.org"
-VALUE_ATTACHMENT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.valueAttachment"
+# The URL exactly as the IG's OBX-5 ED row gives it.
+VALUE_ATTACHMENT = "https://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.valueAttachment"
 _RESULT_MESSAGES = frozenset({"ORU", "OUL"})
 _TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 _CODED_TYPES = frozenset({"CWE", "CE", "CNE", "CF"})
@@ -650,6 +651,10 @@ def _put_value(target: dict[str, Any], element: str, value: Any) -> None:
         target[element] = value
 
 
+def _has_attachment(observation: dict[str, Any]) -> bool:
+    return any(e.get("url") == VALUE_ATTACHMENT for e in observation.get("extension", []))
+
+
 def _observation_status(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) -> None:
     """IG OBX-11 (ObservationResultStatusCodesInterpretation); N → dataAbsentReason; X → alternate code."""
     code = seg.value(11)
@@ -661,6 +666,11 @@ def _observation_status(seg: Segment, ctx: MappingContext, observation: dict[str
         }
     elif code == "X":
         observation["status"] = "cancelled"
+        observation["dataAbsentReason"] = {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "cannot-be-obtained"}
+            ]
+        }
         observation["_status"] = {
             "extension": [
                 {
@@ -676,10 +686,38 @@ def _observation_status(seg: Segment, ctx: MappingContext, observation: dict[str
 def _performers(seg: Segment, ctx: MappingContext, observation: dict[str, Any]) -> None:
     """IG OBX-16 (responsible observer), OBX-23/24 (performing organization), OBX-25 (medical director)."""
     s = ctx.settings
-    for index, rep in enumerate(seg.field(16), start=1):
+    if seg.field(15):  # IG OBX-15 producer's id → performer Organization (CWE[Organization])
+        producer = seg.rep(15)
+        organization_15: dict[str, Any] = {"resourceType": "Organization"}
+        identifiers = dt.cwe_to_identifier(producer, s)
+        if identifiers:
+            organization_15["identifier"] = identifiers
+        if producer.component(2):
+            organization_15["name"] = producer.component(2)
+        if len(organization_15) > 1:
+            observation.setdefault("performer", []).append(
+                ctx.bundle.reference(ctx.add(organization_15, seg, "Organization-15"))
+            )
+    for index, rep in enumerate(seg.field(16), start=1):  # IG OBX-16 → PractitionerRole responsibleObserver
         ref = practitioner_reference(rep, seg, ctx, f"Practitioner-16-{index}")
         if ref is not None:
-            observation.setdefault("performer", []).append(ref)
+            role_16 = {
+                "resourceType": "PractitionerRole",
+                "practitioner": ref,
+                "code": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/practitioner-role",
+                                "code": "responsibleObserver",
+                            }
+                        ]
+                    }
+                ],
+            }
+            observation.setdefault("performer", []).append(
+                ctx.bundle.reference(ctx.add(role_16, seg, f"PractitionerRole-16-{index}"))
+            )
     organization = dt.xon_to_organization(seg.rep(23), s) if seg.field(23) else None
     if organization is not None:
         address = dt.xad_to_address(seg.rep(24), s) if seg.field(24) else None
@@ -731,6 +769,12 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
         observation["specimen"] = ctx.bundle.reference(specimen)  # IG OBR[Specimen]
     if value_type or seg.field(5):
         _set_value(observation, value_type, seg, ctx)  # IG OBX-5 (by OBX-2) + OBX-6
+    has_value = any(k.startswith("value") for k in observation) or "component" in observation
+    if not has_value and "dataAbsentReason" not in observation and not _has_attachment(observation):
+        # No result in OBX-5 and no reason in OBX-11: say so rather than leave it implicit.
+        observation["dataAbsentReason"] = {
+            "coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "unknown"}]
+        }
     seg.mark_used(2, 6)
     reference = seg.text(7)
     if reference:  # IG OBX-7
@@ -744,6 +788,11 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
             {"url": SD + "observation-nature-of-abnormal-test", "valueCodeableConcept": nature}
         )
     _performers(seg, ctx, observation)  # IG OBX-16 / OBX-23-25
+    if seg.field(18):  # IG OBX-18 → device (Device.identifier, EI); R4 holds one device
+        device_id = dt.ei_to_identifier(seg.rep(18), ctx.settings)
+        if device_id is not None:
+            device = {"resourceType": "Device", "identifier": [device_id]}
+            observation["device"] = ctx.bundle.reference(ctx.add(device, seg, "Device-18"))
     method = _concept(seg, 17, ctx)  # IG OBX-17
     if method is not None:
         observation["method"] = method
