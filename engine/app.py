@@ -14,6 +14,7 @@ import contextlib
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ import structlog
 from engine import __version__
 from engine.admin import AdminServer
 from engine.config.models import ChannelConfig, EngineConfig
-from engine.mllp.server import MllpLimits, MllpServer
+from engine.mllp.server import ConnectionInfo, MllpLimits, MllpServer
 from engine.mllp.tls import server_context
 from engine.obs import metrics
 from engine.pipeline.intake import Acceptance, Intake, IntakeSettings
@@ -29,7 +30,7 @@ from engine.pipeline.runner import RetryPolicy, Runner
 from engine.pipeline.workers import ChannelSpec, PoolExecutor, StageExecutor, WorkerPool, resolve_workers
 from engine.registry import BuildContext, Registry, default_registry
 from engine.store.factory import open_store
-from engine.types import Sink, Stage, Store
+from engine.types import ConfigError, Sink, Stage, Store
 
 log = structlog.get_logger("hl7engine.app")
 
@@ -89,14 +90,38 @@ def retry_policy(channel: ChannelConfig) -> RetryPolicy:
                        jitter=r.jitter, max_attempts=r.max_attempts)
 
 
+def listener_changed(old: ChannelConfig, new: ChannelConfig) -> bool:
+    """True when the socket itself must be rebound (connections are then dropped)."""
+    fields = ("listen", "tls", "limits", "allow")
+    return any(getattr(old, f) != getattr(new, f) for f in fields)
+
+
+def plan_reload(old: EngineConfig, new: EngineConfig) -> dict[str, list[str]]:
+    """What a reload from `old` to `new` would do, channel by channel (by config hash)."""
+    before = {c.name: c for c in old.channels}
+    after = {c.name: c for c in new.channels}
+    restart = [section for section in ("store", "admin", "logging", "workers")
+               if getattr(old, section) != getattr(new, section)]
+    return {
+        "added": sorted(after.keys() - before.keys()),
+        "removed": sorted(before.keys() - after.keys()),
+        "changed": sorted(n for n in before.keys() & after.keys() if before[n].version != after[n].version),
+        "unchanged": sorted(n for n in before.keys() & after.keys() if before[n].version == after[n].version),
+        "restart_needed": restart,
+    }
+
+
 def split_hostport(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class Engine:
-    def __init__(self, config: EngineConfig, registry: Registry | None = None) -> None:
+    def __init__(self, config: EngineConfig, registry: Registry | None = None,
+                 config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
+        self._reload_lock = asyncio.Lock()
         self.registry = registry or default_registry()
         self.store: Store = open_store(config.store)
         self.channels: dict[str, ChannelRuntime] = {}
@@ -128,6 +153,8 @@ class Engine:
                 "version": rt.config.version,
                 "connections": rt.server.connections,
                 "sinks": [s.name for s in rt.sinks],
+                # Secrets are references (env/file names), never values, so this is safe to show.
+                "config": rt.config.model_dump(mode="json", by_alias=True, exclude_none=True),
                 **rt.stats,
             }
             for name, rt in self.channels.items()
@@ -167,7 +194,7 @@ class Engine:
         metrics.READY.set(1)
         log.info("engine_ready", channels=len(self.channels))
 
-    def _build_channel(self, channel: ChannelConfig) -> ChannelRuntime:
+    def _build_channel(self, channel: ChannelConfig, server: MllpServer | None = None) -> ChannelRuntime:
         ctx = BuildContext(channel=channel.name, config_dir=self.config.base_dir)
         stages = build_stages(channel, self.registry, ctx)
         sinks = build_sinks(channel, self.registry, ctx)
@@ -181,10 +208,17 @@ class Engine:
         ssl_context = (
             server_context(tls.cert, tls.key, tls.ca, tls.require_client_cert) if tls is not None else None
         )
-        server = MllpServer(
+        rt_ref: list[ChannelRuntime] = []
+
+        async def dispatch(payload: bytes, conn: ConnectionInfo) -> bytes | None:
+            # Looked up per frame, so a reload swaps the pipeline under open connections;
+            # a frame already in intake finishes under the version it started with.
+            return await rt_ref[0].intake.handle(payload, conn)
+
+        new_server = server or MllpServer(
             host,
             port,
-            intake.handle,
+            dispatch,
             limits=MllpLimits(
                 max_frame_bytes=limits.max_frame_bytes,
                 frame_timeout_s=limits.frame_timeout_s,
@@ -196,7 +230,13 @@ class Engine:
             channel=channel.name,
             allow=channel.allow or None,
         )
-        return ChannelRuntime(channel, stages, sinks, runner, intake, server)
+        if server is not None:
+            # Reload: keep the bound listener and its connections; repoint its handler.
+            server.handler = dispatch
+            new_server = server
+        rt = ChannelRuntime(channel, stages, sinks, runner, intake, new_server)
+        rt_ref.append(rt)
+        return rt
 
     def _executor(self, channel: ChannelConfig) -> StageExecutor | None:
         """Stages run in the worker pool when there is one; None = inline on the event loop."""
@@ -210,6 +250,77 @@ class Engine:
             config_dir=str(self.config.base_dir),
         )
         return PoolExecutor(self.pool, spec)
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> dict[str, list[str]]:
+        """Re-read the config file and apply channel changes without a restart.
+
+        A config that fails validation raises ConfigError and changes nothing. Changed
+        channels get new stages, sinks and runner; their listener (and its open
+        connections) is kept unless listen/TLS/limits/allow changed. Unchanged channels
+        are not touched. Store, admin and logging changes need a restart (logged).
+        """
+        if self.config_path is None:
+            raise ConfigError(["reload: the engine was not started from a config file"])
+        from engine.config.loader import load_config
+
+        async with self._reload_lock:
+            new = load_config(self.config_path, self.registry)
+            changes = plan_reload(self.config, new)
+            for section in changes["restart_needed"]:
+                log.warning("reload_needs_restart", section=section)
+            for name in changes["removed"]:
+                await self._stop_channel(self.channels.pop(name))
+            for name in changes["changed"]:
+                await self._replace_channel(self.channels[name], new.channel(name))
+            for name in changes["added"]:
+                channel = new.channel(name)
+                if channel.enabled:
+                    rt = self._build_channel(channel)
+                    await self._start_channel(rt)
+                    self.channels[name] = rt
+            self.config = new
+            log.info("config_reloaded", **{k: len(v) for k, v in changes.items()})
+            return changes
+
+    async def _start_channel(self, rt: ChannelRuntime, *, with_server: bool = True) -> None:
+        for sink in rt.sinks:
+            await sink.start()
+        rt.runner.start()
+        if with_server:
+            await rt.server.start()
+        rt.state = "running"
+
+    async def _stop_channel(self, rt: ChannelRuntime, timeout: float = 10.0) -> None:
+        rt.state = "draining"
+        await rt.server.stop_accepting()
+        await rt.server.drain(timeout)
+        await rt.server.close()
+        await self._retire_work(rt, timeout)
+        rt.state = "stopped"
+
+    async def _retire_work(self, rt: ChannelRuntime, timeout: float) -> None:
+        await rt.runner.stop(timeout)
+        for sink in rt.sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+
+    async def _replace_channel(self, old: ChannelRuntime, channel: ChannelConfig) -> None:
+        if not channel.enabled:
+            await self._stop_channel(self.channels.pop(channel.name))
+            return
+        if listener_changed(old.config, channel):
+            await self._stop_channel(old)
+            rt = self._build_channel(channel)
+            await self._start_channel(rt)
+            self.channels[channel.name] = rt
+            return
+        fresh = self._build_channel(channel, server=old.server)
+        # Work first: the old runner finishes its batch, then the new one takes over.
+        await self._retire_work(old, 10.0)
+        await self._start_channel(fresh, with_server=False)
+        self.channels[channel.name] = fresh
 
     async def stop(self, deadline_s: float = 30.0) -> None:
         """Graceful drain within `deadline_s`; forced after ¾ of it."""
@@ -263,16 +374,29 @@ class Engine:
                 raise SystemExit(1)
             stop.set()
 
+        def on_hup() -> None:
+            self._spawn(self._reload_from_signal())
+
         for sig in signals:
             loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
         try:
             await self.start()
             await stop.wait()
             await self.stop(self.config.shutdown_timeout_s)
         finally:
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
         return 0
+
+    async def _reload_from_signal(self) -> None:
+        try:
+            await self.reload()
+        except ConfigError as exc:
+            # Refused whole: the running config keeps going. Findings name file:line:col only.
+            log.error("reload_refused", findings=exc.findings)
+        except Exception as exc:
+            log.error("reload_failed", error_type=exc.__class__.__name__)
 
     # ------------------------------------------------------------------ background
 

@@ -67,7 +67,7 @@ def run(
     configure_logging(level=log_level or cfg.logging.level, fmt=cfg.logging.format,
                       log_content=cfg.logging.log_content)
     _use_uvloop()
-    engine = Engine(cfg)
+    engine = Engine(cfg, config_path=config)
     try:
         code = asyncio.run(engine.run_until_signal())
     except ConfigError as exc:
@@ -81,12 +81,26 @@ def run(
 
 
 @app.command()
-def validate(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+def validate(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    diff: Annotated[bool, typer.Option("--diff", help="Show what a reload would change in the running engine.")]
+    = False,
+    admin_url: Annotated[str | None, typer.Option(help="Running engine's admin URL (default: admin.listen).")]
+    = None,
+    check_ports: Annotated[bool, typer.Option(help="Also check that listen ports can be bound.")] = False,
+) -> None:
     """Check a config (fields, references, environment); findings as file:line:col, exit 78 if invalid."""
     from engine.config.validate import main_validate
     from engine.registry import default_registry
 
-    raise typer.Exit(main_validate(config, default_registry()))
+    code = main_validate(config, default_registry(), check_ports=check_ports)
+    if code != 0 or not diff:
+        raise typer.Exit(code)
+    from engine.config.diff import main_diff
+
+    cfg = _load(config)
+    url = admin_url or f"http://{cfg.admin.listen}"
+    raise typer.Exit(main_diff(cfg, url, typer.echo))
 
 
 @app.command()

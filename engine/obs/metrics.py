@@ -125,6 +125,18 @@ STORE_ERRORS = Counter(
     "hl7engine_store_errors_total", "Store operations that failed, by operation.", ["operation"],
     registry=REGISTRY,
 )
+# Set by engine.obs.disk.record_store_filesystem (SQLite only: a PostgreSQL store's disk is
+# the database server's); the "disk nearly full" alert reads them without node_exporter.
+STORE_FS_AVAIL = Gauge(
+    "hl7engine_store_filesystem_avail_bytes",
+    "Bytes available to the engine on the filesystem holding the SQLite store.",
+    registry=REGISTRY,
+)
+STORE_FS_SIZE = Gauge(
+    "hl7engine_store_filesystem_size_bytes",
+    "Size of the filesystem holding the SQLite store.",
+    registry=REGISTRY,
+)
 
 # ---- work (runner, stages, sinks)
 QUEUE_DEPTH = Gauge(

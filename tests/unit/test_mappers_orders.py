@@ -72,7 +72,7 @@ ORC = _segment(
         1: "NW",  # ORC-1 → status (when ORC-5 empty), intent order
         2: "P100^EHR",  # ORC-2 → identifier PLAC
         3: "F200^LAB",  # ORC-3 → identifier FILL
-        4: "G1^EHR",  # ORC-4 → requisition (PGN)
+        4: "G1&EHR",  # ORC-4 (EIP.1) → requisition (PGN)
         5: "IP",  # ORC-5 → status active
         9: "20240102030000+0100",  # ORC-9 → authoredOn
         12: "55^ORDER^OLGA",  # ORC-12 → requester

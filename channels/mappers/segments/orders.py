@@ -189,10 +189,17 @@ def _apply_orc(orc: Segment, ctx: MappingContext, request: dict[str, Any]) -> No
     s = ctx.settings
     _add_identifier(request, _ei(orc, 2, ctx, "PLAC"))  # IG ORC-2
     _add_identifier(request, _ei(orc, 3, ctx, "FILL"))  # IG ORC-3
-    if orc.field(4):  # IG ORC-4 → requisition (EIP.1, type PGN)
-        group = dt.ei_to_identifier(orc.rep(4), s)
-        if group is not None:
-            request["requisition"] = _typed_identifier(group, "PGN")
+    if orc.field(4):  # IG ORC-4 (EIP) → requisition (EIP.1, PGN); EIP.2 → identifier FGN
+        placer_group, filler_group = _eip_identifiers(orc.rep(4), ctx)
+        if placer_group is not None:
+            request["requisition"] = placer_group
+        if filler_group is not None and not orc.field(38):
+            _add_identifier(request, filler_group)
+    if orc.field(33):  # IG ORC-33 → identifier PLAC (CX), IF OBR-53 NOT VALUED (checked at the OBR)
+        alternate = dt.cx_to_identifier(orc.rep(33), s)
+        if alternate is not None:
+            _add_identifier(request, _typed_identifier(alternate, "PLAC"))
+    _add_identifier(request, _ei(orc, 38, ctx, "FGN"))  # IG ORC-38
     _put_dt(request, "authoredOn", orc, 9, ctx)  # IG ORC-9
     requester = _xcn_organization_actor(orc, ctx, 12, 21, "PractitionerRole-12")  # IG ORC-12 / ORC-21
     if requester is not None:
@@ -334,6 +341,13 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
     for seg, number, code in ((source, 2, "PLAC"), (source, 3, "FILL"), (obr, 2, "PLAC"), (obr, 3, "FILL")):
         if seg is not None:
             _add_identifier(report, _ei(seg, number, ctx, code))
+    if source is not None and source.field(4):  # IG ORC[DiagnosticReport] ORC-4 (EIP)
+        for ident in _eip_identifiers(source.rep(4), ctx):
+            _add_identifier(report, ident)
+    if source is not None and source.field(16):  # IG ORC[DiagnosticReport] ORC-16 → event-statusReason
+        reason = _concept(source, 16, ctx)
+        if reason is not None:
+            report["extension"] = [{"url": SD + "event-statusReason", "valueCodeableConcept": reason}]
     if request_url is not None:
         report["basedOn"] = [ctx.bundle.reference(request_url)]
     status_code = obr.value(25)
@@ -419,14 +433,17 @@ def obr_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     ctx.extra[_GROUP_OBSERVATIONS] = []
     ctx.current.pop("Observation", None)
     ctx.extra.pop(_OBR_SPECIMEN, None)
+    ctx.current.pop("DiagnosticReport", None)
     if ctx.message_code in _RESULT_MESSAGES:
         report_url = _diagnostic_report(seg, ctx, orc_segment, request_url)
         ctx.current["DiagnosticReport"] = report_url
         specimen_url = _obr_specimen(seg, ctx)
         ctx.extra[_OBR_SPECIMEN] = specimen_url
         _append_ref(ctx.bundle.resource(report_url), "specimen", specimen_url, ctx)
-    else:
-        ctx.current.pop("DiagnosticReport", None)
+    elif ctx.message_code == "OML" and request_url is not None:  # IG OML_O21: OBR → Specimen[each]
+        specimen_url = _obr_specimen(seg, ctx)
+        ctx.extra[_OBR_SPECIMEN] = specimen_url
+        _append_ref(ctx.bundle.resource(request_url), "specimen", specimen_url, ctx)
 
 
 def _obr_specimen(obr: Segment, ctx: MappingContext) -> str:
@@ -849,13 +866,17 @@ def _previous_segment_id(seg: Segment, ctx: MappingContext) -> str:
 # ---------------------------------------------------------------- SPM
 
 
-def _eip_identifiers(rep: Repetition, ctx: MappingContext) -> list[dict[str, Any]]:
+def _eip_identifiers(
+    rep: Repetition, ctx: MappingContext, codes: tuple[str, str] = ("PGN", "FGN")
+) -> list[dict[str, Any] | None]:
     """IG EIP[Identifier-PlacerAssignedIdentifier] / EIP[Identifier-FillerAssignedIdentifier]:
-    EIP.1 / EIP.2, each an EI in subcomponents."""
-    out: list[dict[str, Any]] = []
-    for component, code in ((1, "PLAC"), (2, "FILL")):
+    EIP.1 / EIP.2 (each an EI in subcomponents) → identifiers typed PGN / FGN (v2-0203);
+    [placer, filler], None where absent."""
+    out: list[dict[str, Any] | None] = []
+    for component, code in zip((1, 2), codes, strict=True):
         parts = [*rep.subcomponents(component), "", "", ""]
         if not parts[0]:
+            out.append(None)
             continue
         ident: dict[str, Any] = {"type": {"coding": [{"system": V2_0203, "code": code}]}}
         system = dt.hd_to_system(dt.HD(parts[1], parts[2], parts[3]), ctx.settings)
@@ -872,7 +893,7 @@ def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
     s = ctx.settings
     seg.mark_used(1)
     specimen: dict[str, Any] = {"resourceType": "Specimen"}
-    identifiers = _eip_identifiers(seg.rep(2), ctx) if seg.field(2) else []  # IG SPM-2
+    identifiers = [i for i in _eip_identifiers(seg.rep(2), ctx) if i] if seg.field(2) else []  # IG SPM-2
     for rep in seg.field(31):  # IG SPM-31
         ident = dt.cx_to_identifier(rep, s)
         if ident is not None:
@@ -927,9 +948,19 @@ def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
         container["additiveCodeableConcept"] = additive
     if container:
         specimen["container"] = [container]
-    note = seg.text(14)
-    if note:  # IG SPM-14
-        specimen["note"] = [{"text": note}]
+    notes = [{"text": r.text()} for r in seg.field(14) if r.text()]
+    if notes:  # IG SPM-14 (one Annotation per repetition)
+        specimen["note"] = notes
+    parents = []
+    for index, rep in enumerate(seg.field(3), start=1):  # IG SPM-3 → parent (a Specimen by identifier)
+        parent_ids = [i for i in _eip_identifiers(rep, ctx) if i]
+        if parent_ids:
+            parent: dict[str, Any] = {"resourceType": "Specimen", "identifier": parent_ids}
+            if patient is not None:
+                parent["subject"] = patient
+            parents.append(ctx.bundle.reference(ctx.add(parent, seg, f"Specimen-3-{index}")))
+    if parents:
+        specimen["parent"] = parents
     url = ctx.add(specimen, seg, "Specimen")
     ctx.current["Specimen"] = url
     _append_ref(_resource(ctx, "DiagnosticReport"), "specimen", url, ctx)
