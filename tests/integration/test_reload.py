@@ -102,7 +102,6 @@ class TestReload:
     async def test_reload_through_the_admin_api(self, engine: Engine, tmp_path: Path) -> None:
         """POST /api/reload applies the file; the channel list shows the new version."""
         assert engine.admin is not None
-        port = engine.channels["adt"].server.port
         write(tmp_path, channel_yaml(tmp_path, "adt", fhir_version="R5"))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{engine.admin.port}") as client:
             response = await client.post("/api/reload")
