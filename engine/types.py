@@ -8,8 +8,9 @@ implementations must not be weaker.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 
@@ -255,14 +256,47 @@ class Store(Protocol):
 # ---------------------------------------------------------------- work
 
 
-@dataclass(slots=True)
 class Exchange:
-    """One message travelling through a channel's stages to its sinks."""
+    """One message travelling through a channel's stages to its sinks.
 
-    message: StoredMessage
-    text: str  # decoded message text, segment terminators as received
-    output: dict[str, Any] | None = None  # the FHIR Bundle once a mapper ran
-    properties: dict[str, Any] = field(default_factory=dict)
+    The FHIR output exists in two forms, each made on first use: `output` (a dict, what
+    stages build) and `output_json()` (UTF-8 JSON, what sinks write). Stages that run in
+    worker processes send back only the JSON, so the engine process never re-serialises.
+    """
+
+    __slots__ = ("_output", "_output_json", "message", "properties", "text")
+
+    def __init__(
+        self,
+        message: StoredMessage,
+        text: str,
+        output: dict[str, Any] | None = None,
+        properties: dict[str, Any] | None = None,
+        output_json: bytes | None = None,
+    ) -> None:
+        self.message = message
+        self.text = text  # decoded message text, segment terminators as received
+        self.properties: dict[str, Any] = properties if properties is not None else {}
+        self._output = output
+        self._output_json = output_json
+
+    @property
+    def output(self) -> dict[str, Any] | None:
+        """The FHIR Bundle once a mapper ran (None before, or for non-FHIR pipelines)."""
+        if self._output is None and self._output_json is not None:
+            self._output = json.loads(self._output_json)
+        return self._output
+
+    @output.setter
+    def output(self, value: dict[str, Any] | None) -> None:
+        self._output = value
+        self._output_json = None
+
+    def output_json(self) -> bytes | None:
+        """The output as compact UTF-8 JSON (one line: no raw newlines in JSON strings)."""
+        if self._output_json is None and self._output is not None:
+            self._output_json = json.dumps(self._output, separators=(",", ":"), ensure_ascii=False).encode()
+        return self._output_json
 
 
 class Stage(Protocol):

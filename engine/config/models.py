@@ -437,6 +437,37 @@ class LoggingConfig(_Model):
         return value.lower() if isinstance(value, str) else value
 
 
+_KEY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,31}")
+
+
+class EncryptionConfig(_Model):
+    """Encryption at rest of stored message bytes: AES-256-GCM, key id stored with each row.
+
+    See docs/security.md (rotation: add a key, make it `active`, run `hl7engine keys rekey`,
+    then remove the old one).
+    """
+
+    keys: dict[str, SecretRef] = Field(min_length=1)
+    """Key id -> a 32-byte AES key, base64, by reference ({env: NAME} or {file: path}). Ids are
+    stored with every row: never reuse an id for other key material."""
+    active: str
+    """Id of the key new rows are sealed with; the other keys only open older rows."""
+
+    @field_validator("keys")
+    @classmethod
+    def _key_ids(cls, value: dict[str, SecretRef]) -> dict[str, SecretRef]:
+        for key_id in value:
+            if not _KEY_ID_RE.fullmatch(key_id):
+                raise ValueError("key ids are 1-32 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _active_is_a_key(self) -> Self:
+        if self.active not in self.keys:
+            raise ValueError(f"active key {self.active!r} is not one of keys ({', '.join(sorted(self.keys))})")
+        return self
+
+
 # ---------------------------------------------------------------- channel sections
 
 
@@ -457,6 +488,39 @@ class TlsConfig(_Model):
     def _mtls_needs_ca(self) -> Self:
         if self.require_client_cert and self.ca is None:
             raise ValueError("require_client_cert needs 'ca' to verify clients against")
+        return self
+
+
+class SenderBinding(_Model):
+    """Binds a verified client certificate to the MSH-3 (and optionally MSH-4) it may send as.
+
+    The certificate matches when every given attribute matches: subject CN, subject O, or
+    a subjectAltName DNS entry. A value in `msh3`/`msh4` without a component separator is
+    compared with the HD namespace id (MSH-3.1 / MSH-4.1); one with `^` with the whole
+    field; `*` matches anything.
+    """
+
+    cn: str | None = None
+    """Subject commonName, exact."""
+    o: str | None = None
+    """Subject organizationName, exact."""
+    san_dns: str | None = None
+    """A subjectAltName DNS name of the certificate (case-insensitive)."""
+    msh3: tuple[str, ...] = Field(min_length=1)
+    """Sending applications (MSH-3) this certificate may send as."""
+    msh4: tuple[str, ...] | None = None
+    """Sending facilities (MSH-4) it may send as; omit for any."""
+
+    @model_validator(mode="after")
+    def _identifies_a_certificate(self) -> Self:
+        if self.cn is None and self.o is None and self.san_dns is None:
+            raise ValueError("give at least one of 'cn', 'o' or 'san_dns' to match the client certificate")
+        if any(not v for v in (self.cn, self.o, self.san_dns) if v is not None):
+            raise ValueError("certificate attributes must not be empty")
+        if any(not v for v in (*self.msh3, *(self.msh4 or ()))):
+            raise ValueError("MSH-3/MSH-4 values must not be empty (use '*' for any)")
+        if self.msh4 is not None and not self.msh4:
+            raise ValueError("msh4 allows nothing; omit the key to allow any facility")
         return self
 
 
@@ -541,6 +605,15 @@ class AcceptConfig(_Model):
         return None
 
 
+class RateLimitConfig(_Model):
+    """A token bucket: `per_second` tokens a second, at most `burst` saved up."""
+
+    per_second: float = Field(gt=0, le=1_000_000)
+    """Sustained rate."""
+    burst: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Most taken at once after a quiet spell; default: per_second rounded up (at least 1)."""
+
+
 class LimitsConfig(_Model):
     """Per-listener resource bounds (DESIGN §5.3)."""
 
@@ -552,6 +625,13 @@ class LimitsConfig(_Model):
     """Close a connection silent for this long; null = never."""
     max_connections: int = Field(default=256, ge=1)
     max_connections_per_peer: int = Field(default=32, ge=1)
+    peer_connection_rate: RateLimitConfig | None = None
+    """New connections per second per peer address (token bucket). Over it a connection is
+    closed at once, before any byte is read, and counted (refused_rate). Omit for no limit."""
+    peer_message_rate: RateLimitConfig | None = None
+    """Messages per second per peer address, across its connections. Over it the listener
+    stops reading from that peer until the bucket refills (backpressure: every message
+    still gets its ACK, later). Omit for no limit."""
 
     @model_validator(mode="after")
     def _peer_within_total(self) -> Self:
@@ -658,6 +738,10 @@ class ChannelConfig(_Model):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     allow: tuple[Cidr, ...] | None = None
     """Peer addresses (CIDRs) allowed to connect; omit for any."""
+    senders: tuple[SenderBinding, ...] | None = None
+    """mTLS sender binding: when set, a message is accepted only if its MSH-3/MSH-4 is allowed
+    for the client certificate presented (else AR/CR with ERR-3 204, kept in quarantine as
+    sender_not_allowed). Needs `tls` with `ca`; use `require_client_cert: true`."""
     ordering: OrderingConfig = Field(default_factory=OrderingConfig)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     pipeline: tuple[PluginConfig, ...] = ()
@@ -693,6 +777,20 @@ class ChannelConfig(_Model):
         if value is not None and not value:
             raise ValueError("an empty allow list admits nobody; omit the key to allow any peer")
         return value
+
+    @field_validator("senders")
+    @classmethod
+    def _senders_not_empty(cls, value: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        if value is not None and not value:
+            raise ValueError("an empty senders list admits no message; omit the key to skip sender binding")
+        return value
+
+    @model_validator(mode="after")
+    def _senders_need_client_certificates(self) -> Self:
+        if self.senders is not None and (self.tls is None or self.tls.ca is None):
+            raise ValueError("'senders' binds client certificates: it needs 'tls' with 'ca' "
+                             "(and require_client_cert: true)")
+        return self
 
     @field_validator("sinks")
     @classmethod
@@ -739,7 +837,7 @@ class ChannelConfig(_Model):
         return any(addr in net for net in self.allow)
 
 
-_SECTIONS = frozenset({"store", "admin", "logging", "channels", "include"})
+_SECTIONS = frozenset({"store", "admin", "logging", "channels", "include", "encryption"})
 
 
 class EngineConfig(_Model):
@@ -756,6 +854,8 @@ class EngineConfig(_Model):
     workers: int | Literal["auto"] = "auto"
     """Processes that run the channels' stages (mapping), so conversion uses other cores while
     the listener keeps answering. 0 runs stages in the engine process; auto = CPU count - 1."""
+    encryption: EncryptionConfig | None = None
+    """Encrypt stored message bytes at rest (AES-256-GCM); omit to store them as received."""
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

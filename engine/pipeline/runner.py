@@ -165,7 +165,8 @@ class Runner:
                 metrics.PROCESSED.labels(self.channel, "filtered").inc()
                 self.processed += 1
             else:
-                exchange = Exchange(message=message, text="", output=outcome.output)
+                exchange = Exchange(message=message, text="", output=outcome.output,
+                                    output_json=outcome.output_json)
                 exchange.properties["unmapped"] = outcome.unmapped
                 exchanges.append(exchange)
         if settled:

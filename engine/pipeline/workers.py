@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -44,6 +45,7 @@ class StageOutcome:
     """What a channel's stages made of one message."""
 
     output: dict[str, Any] | None = None
+    output_json: bytes | None = None  # the output serialised once, where the stages ran
     unmapped: list[tuple[str, str]] = field(default_factory=list)
     filtered: bool = False
     error: str | None = None  # PHI-free reason; set when a stage failed (permanent)
@@ -76,8 +78,14 @@ def apply_stages(stages: Sequence[Stage], message: StoredMessage) -> StageOutcom
         if exchange is None:
             return StageOutcome(filtered=True, timings=timings)
     assert exchange is not None
-    return StageOutcome(output=exchange.output, unmapped=list(exchange.properties.get("unmapped", ())),
-                        timings=timings)
+    output = exchange.output
+    if output is not None and output.get("resourceType") == "Bundle":
+        # Bundle.id names the stored message (`<channel>-<id>`): traceable downstream, and
+        # the file sink recognises a redelivery by it.
+        output["id"] = f"{message.channel}-{message.id}"
+        exchange.output = output
+    return StageOutcome(output=output, output_json=exchange.output_json(),
+                        unmapped=list(exchange.properties.get("unmapped", ())), timings=timings)
 
 
 class StageExecutor(Protocol):
@@ -145,7 +153,9 @@ def _run_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome
             id=message_id, channel=channel, raw=raw, received_at=received_at, status=Status.PROCESSING,
             attempts=1, sender="", control_id="", message_type="", charset=charset, channel_version=version,
         )
-        outcomes.append(apply_stages(stages, message))
+        outcome = apply_stages(stages, message)
+        # Only the JSON crosses the process boundary: pickling the dict too would double the cost.
+        outcomes.append(dataclasses.replace(outcome, output=None) if outcome.output_json else outcome)
     return outcomes
 
 

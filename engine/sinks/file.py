@@ -1,7 +1,7 @@
 """`type: file` — one FHIR Bundle per line (NDJSON), fsynced before messages are marked done.
 
-Each line is the Bundle of one stored message with `Bundle.id` set to
-`<channel>-<message id>`, so a line can be traced back to the stored message and a
+Each line is the Bundle of one stored message; the runner sets its `Bundle.id` to
+`<channel>-<message id>` (engine/pipeline/workers.py), so a line can be traced back to the stored message and a
 redelivery after a crash can be recognised: the runner marks a batch done only after
 this sink returns, so at most the last batch written can come again. On start the sink
 reads back the tail of the file (bounded) to learn those ids and skips them, and cuts
@@ -69,15 +69,14 @@ class FileSink:
         ids: list[str] = []
         for exchange in exchanges:
             ident = line_id(exchange)
-            if exchange.output is None:
+            line = exchange.output_json()
+            if line is None:
                 results.append(PermanentError("no FHIR output to write (no mapping stage in the pipeline?)"))
                 continue
             results.append(None)
             if ident in self._recent_set:
                 continue  # already on disk: a redelivery after a crash
-            bundle = dict(exchange.output)
-            bundle["id"] = ident
-            lines.append(json.dumps(bundle, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+            lines.append(line + b"\n")
             ids.append(ident)
         if lines:
             try:

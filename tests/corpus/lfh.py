@@ -571,7 +571,8 @@ def evaluate(stmt: str, bundle: Mapping[str, Any]) -> Outcome:
         root, calls = parse_chain(statement.subject)
         resource_type, rest = resource_type_of(root)
         counting = statement.matcher in ("hasSize", "isEmpty", "isNotEmpty", "isNotNull")
-        if resource_type and not calls and counting and _LIST_SUFFIXES.match(rest):
+        counts_list = _LIST_SUFFIXES.match(rest) or statement.matcher in ("hasSize", "isEmpty")
+        if resource_type and not calls and counting and counts_list:
             # A list of resources: `assertThat(patients).hasSize(1)`.
             count = len(_resources(bundle, resource_type))
             return _outcome(_check(statement.matcher, statement.args, [None] * count))

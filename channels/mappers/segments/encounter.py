@@ -17,6 +17,8 @@ Choices where the IG is open (each also noted at its row):
 - PV1-43 (prior temporary location) → a location "completed" with the temporary
   classification (the IG maps it only to Basic-EncounterHistory, which we do not produce;
   CDC ReportStream and Microsoft map it this way). PV1-39 is not mapped (no IG row).
+- PV2-23 (clinic organization name) → serviceProvider (no IG row; its meaning is exactly
+  the organization providing the encounter).
 - PV1-53/54 → an EpisodeOfCare (status "active", patient = the PID's Patient) only when a
   Patient exists, since R4 EpisodeOfCare.patient is required.
 
@@ -452,6 +454,12 @@ def pv2_to_encounter(seg: Segment, ctx: MappingContext) -> None:
             else {"system": v2_table_system("0136"), "code": seg.value(22).upper()}
         )
         enc.setdefault("meta", {}).setdefault("security", []).append(coding)
+    if seg.field(23) and "serviceProvider" not in enc:
+        # PV2-23 (clinic organization name, XON) has no IG row; the clinic that provides the
+        # visit is what Encounter.serviceProvider means, so it is mapped there.
+        clinic = dt.xon_to_organization(seg.rep(23), s)
+        if clinic is not None:
+            enc["serviceProvider"] = ctx.bundle.reference(ctx.add(clinic, seg, "Organization-23"))
     if seg.field(25):  # IG PV2-25 → priority
         priority = _codeable(seg.rep(25), ctx, "EncounterPriority", "0217")
         if priority is not None:
