@@ -32,25 +32,19 @@ from typing import Any
 from engine.types import EngineError
 
 #: Keys whose values are generated per run or per server; compared by neither function.
-DEFAULT_IGNORE_KEYS: frozenset[str] = frozenset(
-    {"id", "fullUrl", "reference", "lastUpdated", "timestamp", "recorded"}
-)
+DEFAULT_IGNORE_KEYS: frozenset[str] = frozenset({"id", "fullUrl", "reference", "lastUpdated", "timestamp", "recorded"})
 
 # A mismatch report lists at most this many differences per expected list item, so one
 # missing resource does not bury the rest of the report.
 _MAX_DIFFS_PER_ITEM = 20
 
 
-def subset_diff(
-    expected: Any, actual: Any, *, ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS
-) -> list[str]:
+def subset_diff(expected: Any, actual: Any, *, ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS) -> list[str]:
     """Return every way `expected` is not a subset of `actual` (empty list: it is)."""
     return SubsetComparator(ignore_keys).diff(expected, actual, "$")
 
 
-def count_matched(
-    expected: Any, actual: Any, *, ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS
-) -> tuple[int, int]:
+def count_matched(expected: Any, actual: Any, *, ignore_keys: frozenset[str] = DEFAULT_IGNORE_KEYS) -> tuple[int, int]:
     """Return (matched, total) leaf values of `expected` found in `actual`.
 
     A leaf is a scalar (string, number, boolean, null) reached through keys that are not
@@ -211,9 +205,7 @@ class SubsetComparator:
                 continue
             label = f"{path}[{i}]"
             kind = _kind(item)
-            pool = [
-                j for j in range(len(actual)) if j not in used and (kind is None or _kind(actual[j]) == kind)
-            ]
+            pool = [j for j in range(len(actual)) if j not in used and (kind is None or _kind(actual[j]) == kind)]
             if not pool:
                 what = f"no {kind} in the actual list" if kind else "no actual item left to match"
                 out.append(f"{label}: {what} (expected {_describe(item)})")
@@ -231,9 +223,7 @@ class SubsetComparator:
     def leaves(self, expected: Any) -> int:
         """Scalars of `expected` reached through compared keys."""
         if isinstance(expected, Mapping):
-            return sum(
-                self.leaves(value) for key, value in expected.items() if not _is_ignored(key, self._ignore)
-            )
+            return sum(self.leaves(value) for key, value in expected.items() if not _is_ignored(key, self._ignore))
         if isinstance(expected, list):
             return sum(self.leaves(item) for item in expected)
         return 1

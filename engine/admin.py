@@ -15,6 +15,7 @@ its own; the engine owns signals). Endpoints:
     POST /api/messages/{id}/release     operator
     GET  /api/quarantine                viewer; metadata only
     POST /api/reload                    operator (when the backend can reload)
+    GET  /status, /api/status           the status page (engine/status_page.py); JSON: viewer
 
 Health and metrics need no token (probes and Prometheus carry none; they hold no PHI).
 DESIGN.md §5.7: content views, replays and releases go to the `hl7engine.audit` log.
@@ -53,6 +54,7 @@ from engine.admin_api import (
 from engine.obs.logging import audit_logger
 from engine.obs.metrics import REGISTRY
 from engine.obs.redact import mask_message
+from engine.status_page import StatusPage
 from engine.types import ConfigError, Store, StoredMessage, StoreUnavailableError
 
 log = structlog.get_logger("hl7engine.admin")
@@ -140,6 +142,7 @@ class AdminServer:
         app.router.add_post("/api/messages/{id:\\d+}/release", self._guard("operate", self._release_one))
         app.router.add_get("/api/quarantine", self._guard("view", self._quarantine))
         app.router.add_post("/api/reload", self._guard("operate", self._reload))
+        app.router.add_routes(StatusPage(self._backend).routes(self._guard))  # /status, /api/status
         return app
 
     async def start(self) -> None:

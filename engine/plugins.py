@@ -12,3 +12,7 @@ def register_builtins(registry: Registry) -> None:
 
     stages.register(registry)
     file.register(registry)
+    __import__("engine.sinks.fhir_http", fromlist=["register"]).register(registry)
+    __import__("engine.sinks.mllp", fromlist=["register"]).register(registry)
+    __import__("engine.sinks.nats", fromlist=["register"]).register(registry)
+    __import__("engine.sinks.kafka", fromlist=["register"]).register(registry)

@@ -22,6 +22,13 @@ Resources are bounded (DESIGN.md §5.3): frame size (decoder), frame deadline, i
 timeout, TLS handshake time, connections per listener and per peer, and per-connection
 queued frames (reading pauses while more than `max_frame_bytes` of received frames wait
 for the handler).
+
+Rate limits per peer address (engine/mllp/ratelimit.py), both optional: new connections
+per second (over it: refused at accept like the other limits, counted as refused_rate)
+and messages per second across the peer's connections. Over the message rate the
+connection waits before handing its next frame to the handler and stops reading
+meanwhile, so TCP flow control slows the sender down: backpressure, never a dropped or
+refused message (an AR would make many senders resend at once, or stop the interface).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from typing import Literal, cast
 import structlog
 
 from engine.mllp.framing import Frame, FrameDecoder, FrameInterrupted, FrameTooLarge, Garbage, encode_frame
+from engine.mllp.ratelimit import PeerBuckets, RateSpec
 from engine.mllp.tls import peer_subject
 from engine.obs import metrics
 
@@ -60,6 +68,8 @@ class MllpLimits:
     max_connections_per_peer: int = 100
     backlog: int = 512  # listen() backlog; never below 128
     tls_handshake_timeout_s: float = 30.0  # a TLS peer must finish its handshake within this
+    peer_connection_rate: RateSpec | None = None  # new connections/s per peer address (None: no limit)
+    peer_message_rate: RateSpec | None = None  # frames/s per peer address, all its connections together
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +80,7 @@ class ConnectionInfo:
     peer_port: int
     connection_id: int
     tls_subject: Mapping[str, str] | None = None
+    tls_dns_names: tuple[str, ...] = ()  # subjectAltName DNS entries of the verified client certificate
 
 
 #: Called once per frame, in order per connection; returns the response payload or None.
@@ -88,6 +99,7 @@ class _ChannelMetrics:
         self.interrupted = metrics.FRAMES_REJECTED.labels(channel, "interrupted")
         self.deadline = metrics.FRAMES_REJECTED.labels(channel, "deadline")
         self.closed_mid_frame = metrics.FRAMES_REJECTED.labels(channel, "closed_mid_frame")
+        self.throttled = metrics.MESSAGES_THROTTLED.labels(channel)
         self._channel = channel
 
     def connection(self, outcome: str) -> None:
@@ -101,6 +113,15 @@ def _parse_networks(allow: Sequence[str | IPNetwork] | None) -> tuple[IPNetwork,
     if allow is None:
         return None
     return tuple(ipaddress.ip_network(net, strict=False) if isinstance(net, str) else net for net in allow)
+
+
+def _peer_dns_names(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> tuple[str, ...]:
+    """subjectAltName DNS entries of the verified peer certificate (sender binding matches on them)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return ()
+    entries = cast(tuple[tuple[str, str], ...], cert.get("subjectAltName", ()))
+    return tuple(value for kind, value in entries if kind == "DNS")
 
 
 def _address_allowed(host: str, networks: tuple[IPNetwork, ...]) -> bool:
@@ -183,8 +204,9 @@ class _Connection(asyncio.Protocol):
         """Called once the transport (and TLS session, if any) is up."""
         self._transport = cast(asyncio.Transport, transport)
         self._metrics.connection("accepted")
-        subject = peer_subject(transport.get_extra_info("ssl_object")) if self._server.ssl_context else None
-        self._info = ConnectionInfo(self.peer_host, self.peer_port, self.connection_id, subject)
+        ssl_object = transport.get_extra_info("ssl_object") if self._server.ssl_context else None
+        self._info = ConnectionInfo(self.peer_host, self.peer_port, self.connection_id,
+                                    peer_subject(ssl_object), _peer_dns_names(ssl_object))
         self._last_activity = self._loop.time()
         if self._limits.idle_timeout_s is not None:
             self._arm_timer(self._last_activity + self._limits.idle_timeout_s)
@@ -266,8 +288,15 @@ class _Connection(asyncio.Protocol):
         handler = self._server.handler
         queue = self._queue
         assert queue is not None  # started only once a frame is queued
+        message_rate = self._server.message_rate
         try:
             while queue and not self._lost and self._close_reason is None:
+                if message_rate is not None:
+                    delay = message_rate.reserve(self.peer_host)
+                    if delay > 0:
+                        await self._throttle(delay)
+                        if self._lost or self._close_reason is not None:
+                            break
                 payload = queue.popleft()
                 self._queued_bytes -= len(payload)
                 response = await handler(payload, info)
@@ -287,6 +316,13 @@ class _Connection(asyncio.Protocol):
         finally:
             self._worker = None
         self._close_if_done()
+
+    async def _throttle(self, delay: float) -> None:
+        """Over the peer's message rate: stop reading (TCP pushes back on the sender) and
+        wait for the token already reserved. Queued frames stay queued, in order."""
+        self._metrics.throttled.inc()
+        self._pause_reading()
+        await asyncio.sleep(delay)
 
     def _close_if_done(self) -> None:
         """Close a draining or half-closed connection once nothing is left to answer."""
@@ -419,6 +455,9 @@ class MllpServer:
         self.channel = channel
         self.metrics = _ChannelMetrics(channel)
         self._allow = _parse_networks(allow)
+        rates = self.limits
+        self._connection_rate = PeerBuckets(rates.peer_connection_rate) if rates.peer_connection_rate else None
+        self.message_rate = PeerBuckets(rates.peer_message_rate) if rates.peer_message_rate else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listeners: list[socket.socket] = []
         self._accepting = False
@@ -529,6 +568,10 @@ class MllpServer:
         """Why a new connection from `host` is refused (a CONNECTIONS outcome), or None to admit."""
         if self._allow is not None and not _address_allowed(host, self._allow):
             return "refused_address"
+        # Before the connection limits: attempts refused for being over a limit still
+        # spend tokens, so a peer hammering a full listener is slowed down too.
+        if self._connection_rate is not None and not self._connection_rate.try_take(host):
+            return "refused_rate"
         if len(self._connections) >= self.limits.max_connections:
             return "refused_limit"
         if self._per_peer.get(host, 0) >= self.limits.max_connections_per_peer:

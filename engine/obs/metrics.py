@@ -46,7 +46,7 @@ CONNECTIONS_OPEN = Gauge(
 CONNECTIONS = Counter(
     "hl7engine_connections_total",
     "MLLP connections by outcome: accepted, refused_limit, refused_peer_limit, refused_address, "
-    "tls_failed.",
+    "refused_rate, tls_failed.",
     ["channel", "outcome"],
     registry=REGISTRY,
 )
@@ -60,6 +60,12 @@ FRAMES_REJECTED = Counter(
     "hl7engine_frames_rejected_total",
     "Frames that could not be read (no HL7 ACK sent): too_large, deadline, closed_mid_frame, interrupted.",
     ["channel", "reason"],
+    registry=REGISTRY,
+)
+MESSAGES_THROTTLED = Counter(
+    "hl7engine_messages_throttled_total",
+    "Frames that waited for their peer's message rate limit (reading from the peer paused meanwhile).",
+    ["channel"],
     registry=REGISTRY,
 )
 GARBAGE_BYTES = Counter(

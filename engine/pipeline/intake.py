@@ -33,6 +33,7 @@ from engine.hl7.fields import field_value
 from engine.hl7.header import HeaderError, parse_header
 from engine.mllp.server import ConnectionInfo
 from engine.obs import metrics
+from engine.pipeline.senders import QUARANTINE_REASON, SenderPolicy
 from engine.pipeline.workers import failure_reason
 from engine.types import (
     Exchange,
@@ -92,6 +93,7 @@ class IntakeSettings:
     channel_version: str = ""
     app_name: str = "HL7ENGINE"
     facility: str = ""
+    senders: SenderPolicy | None = None  # mTLS sender binding (engine/pipeline/senders.py)
 
 
 def ordering_key(text: str, field_path: str | None) -> str:
@@ -143,6 +145,15 @@ class Intake:
             return self._answer(exc.partial, "R", exc.ack_error(), decoded.codec)
         if is_ack(header):
             return None  # an ACK is never acknowledged
+        if settings.senders is not None:
+            # Who may send as MSH-3/4 is checked before anything else is said about the message.
+            forbidden = settings.senders.refusal(header, conn)
+            if forbidden is not None:
+                log.warning("sender_not_allowed", channel=self._channel, connection_id=conn.connection_id,
+                            field=f"MSH-{forbidden.field}",
+                            certificate_cn=(conn.tls_subject or {}).get("commonName"))
+                await self._quarantine(payload, QUARANTINE_REASON, received_at, conn)
+                return self._answer(header, "R", forbidden, decoded.codec)
         refusal = settings.acceptance.refusal(header)
         if refusal is not None:
             await self._quarantine(payload, f"not accepted: {refusal.code.name.lower()}", received_at, conn)

@@ -976,6 +976,33 @@ class SQLiteStore:
         """The writer connection's settings (journal mode, synchronous, schema version)."""
         return await self._writer.submit("diagnostics", _diagnostics)
 
+    # -- raw rows, for re-encryption in place (engine/store/encrypted.py RawAccess)
+
+    async def message_raw_page(self, after_id: int, limit: int) -> list[tuple[int, str, str, str, str, bytes]]:
+        """(id, channel, sender, control_id, content_hash, raw) of messages after `after_id`, by id."""
+        sql = ("SELECT id, channel, sender, control_id, content_hash, raw FROM messages"
+               " WHERE id > ? ORDER BY id LIMIT ?")
+        rows = await self._reader.submit(
+            "raw_page", lambda conn: conn.execute(sql, (after_id, clamp_limit(limit))).fetchall())
+        return [(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    async def quarantine_raw_page(self, after_id: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        """(id, channel, reason, raw) of quarantined frames after `after_id`, by id."""
+        sql = "SELECT id, channel, reason, raw FROM quarantine WHERE id > ? ORDER BY id LIMIT ?"
+        rows = await self._reader.submit(
+            "raw_page", lambda conn: conn.execute(sql, (after_id, clamp_limit(limit))).fetchall())
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def replace_raw(self, table: str, changes: Sequence[tuple[int, bytes, bytes]]) -> int:
+        """For each (id, old, new): raw = new where raw is still old; one transaction; rows changed."""
+        sql = {"messages": "UPDATE messages SET raw = ? WHERE id = ? AND raw = ?",
+               "quarantine": "UPDATE quarantine SET raw = ? WHERE id = ? AND raw = ?"}[table]
+        batch = [(new, row_id, old) for row_id, old, new in changes]
+        if not batch:
+            return 0
+        return await self._writer.submit("replace_raw", lambda conn: sum(
+            conn.execute(sql, params).rowcount for params in batch))
+
     async def _prune_in_chunks(self, operation: str, chunk: Callable[[sqlite3.Connection], int]) -> int:
         # One job per chunk, so ingests queued meanwhile commit between chunks.
         total = 0

@@ -26,6 +26,15 @@ def _sqlite(scratch: Path) -> Store:
     return SQLiteStore(scratch / "store.db")
 
 
+def _encrypted_sqlite(scratch: Path) -> Store:
+    """SQLite behind EncryptedStore: two keys, rows sealed under the active one."""
+    from engine.store.crypto import Keyring
+    from engine.store.encrypted import EncryptedStore
+
+    keyring = Keyring({"old": bytes(range(32)), "new": bytes(range(32, 64))}, active="new")
+    return EncryptedStore(SQLiteStore(scratch / "store.db"), keyring)
+
+
 def _postgres_factories() -> list[object]:
     """No PostgreSQL store exists yet; this is where its factory goes (see module docstring)."""
     if not os.environ.get(PG_URL_ENV):
@@ -33,7 +42,11 @@ def _postgres_factories() -> list[object]:
     return []
 
 
-FACTORIES: list[object] = [pytest.param(_sqlite, id="sqlite"), *_postgres_factories()]
+FACTORIES: list[object] = [
+    pytest.param(_sqlite, id="sqlite"),
+    pytest.param(_encrypted_sqlite, id="encrypted-sqlite"),
+    *_postgres_factories(),
+]
 
 
 @pytest.fixture(params=FACTORIES)

@@ -294,6 +294,31 @@ class TestObxValues:
         assert organization["address"][0]["city"] == "Town"
 
 
+class TestNteToAnnotation:
+    def test_each_repetition_is_a_note_with_author_and_time(self) -> None:
+        """NTE-3 repetitions → one Annotation each, sharing NTE-5 (author) and NTE-6 (time)."""
+        nte = _segment(
+            "NTE",
+            {
+                1: "1",
+                3: "line one~line two",  # NTE-3 → note.text (per repetition)
+                5: "12^NOTER^NED",  # NTE-5 → note.authorReference
+                6: "20240102090000+0100",  # NTE-6 → note.time
+            },
+        )
+        bundle = _convert(_message("ORU^R01^ORU_R01", "OBR|1||F1|X^Y", _obx("ST", "x"), nte))
+        (observation,) = _all(bundle, "Observation")
+        assert [n["text"] for n in observation["note"]] == ["line one", "line two"]
+        assert all(n["time"] == "2024-01-02T09:00:00+01:00" for n in observation["note"])
+        author = _by_url(bundle, observation["note"][0]["authorReference"]["reference"])
+        assert author["name"][0]["family"] == "NOTER"
+
+    def test_note_after_pid_is_reported_unmapped(self) -> None:
+        """An NTE with nothing to annotate maps nothing and reports its fields."""
+        result = convert_message(_message("ORU^R01^ORU_R01", "NTE|1||patient comment"), MappingOptions())
+        assert ("NTE", "3") in result.unmapped
+
+
 class TestOrmO01:
     def test_order_with_notes_and_supporting_observation(self) -> None:
         """ORM: no DiagnosticReport; NTE after OBR → ServiceRequest.note; OBX → supportingInfo."""

@@ -35,7 +35,8 @@ Choices where the IG is open (each also noted at its row):
 - OBX-11 "N" (not asked) → dataAbsentReason not-asked (IG row); status unknown.
 - ED values: IG OBX-5 ED row → the R5 backport extension valueAttachment (R4B) / the
   native valueAttachment (R5); Hex and plain-text data are re-encoded as base64.
-- NTE after PID or other segments we do not annotate is not mapped (its fields are reported).
+- NTE-3 repeats: one Annotation per repetition (each with NTE-5/NTE-6). NTE after PID or
+  other segments we do not annotate is not mapped (its fields are reported).
 """
 
 from __future__ import annotations
@@ -184,19 +185,45 @@ def _order_status(orc: Segment | None, ctx: MappingContext) -> str:
     return "unknown"
 
 
+def _version(ctx: MappingContext) -> tuple[int, ...]:
+    """MSH-12 as numbers ("2.5.1" → (2, 5, 1)); (0,) when unreadable."""
+    parts = ctx.message.msh.value(12).split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else (0,)
+
+
+def _placer_group(orc: Segment, ctx: MappingContext) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """ORC-4 placer group number as (PGN identifier, FGN identifier).
+
+    Before v2.7 ORC-4 is an EI (IG row "ORC-4 EI → requisition PGN"; with ORC-4.2 valued the
+    same value is the FGN identifier, IG row "IF ORC-4.2 VALUED"); from v2.7 it is an EIP
+    (EIP.1 → PGN, EIP.2 → FGN).
+    """
+    rep = orc.rep(4)
+    if _version(ctx) >= (2, 7):
+        placer, filler = _eip_identifiers(rep, ctx)
+        return placer, filler
+    ident = dt.ei_to_identifier(rep, ctx.settings)
+    if ident is None:
+        return None, None
+    filler_group = None
+    if rep.component(2):
+        filler_group = _typed_identifier({"value": ident["value"]}, "FGN")
+    return _typed_identifier(ident, "PGN"), filler_group
+
+
 def _apply_orc(orc: Segment, ctx: MappingContext, request: dict[str, Any]) -> None:
     """IG ORC[ServiceRequest] rows onto a ServiceRequest."""
     s = ctx.settings
     _add_identifier(request, _ei(orc, 2, ctx, "PLAC"))  # IG ORC-2
     _add_identifier(request, _ei(orc, 3, ctx, "FILL"))  # IG ORC-3
-    if orc.field(4):  # IG ORC-4 (EIP) → requisition (EIP.1, PGN); EIP.2 → identifier FGN
-        placer_group, filler_group = _eip_identifiers(orc.rep(4), ctx)
+    if orc.field(4):  # IG ORC-4 → requisition (PGN); the filler group → identifier FGN
+        placer_group, filler_group = _placer_group(orc, ctx)
         if placer_group is not None:
             request["requisition"] = placer_group
         if filler_group is not None and not orc.field(38):
             _add_identifier(request, filler_group)
-    if orc.field(33):  # IG ORC-33 → identifier PLAC (CX), IF OBR-53 NOT VALUED (checked at the OBR)
-        alternate = dt.cx_to_identifier(orc.rep(33), s)
+    for rep in orc.field(33):  # IG ORC-33 → identifier PLAC (CX)
+        alternate = dt.cx_to_identifier(rep, s)
         if alternate is not None:
             _add_identifier(request, _typed_identifier(alternate, "PLAC"))
     _add_identifier(request, _ei(orc, 38, ctx, "FGN"))  # IG ORC-38
@@ -342,7 +369,7 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
         if seg is not None:
             _add_identifier(report, _ei(seg, number, ctx, code))
     if source is not None and source.field(4):  # IG ORC[DiagnosticReport] ORC-4 (EIP)
-        for ident in _eip_identifiers(source.rep(4), ctx):
+        for ident in _placer_group(source, ctx):
             _add_identifier(report, ident)
     if source is not None and source.field(16):  # IG ORC[DiagnosticReport] ORC-16 → event-statusReason
         reason = _concept(source, 16, ctx)
@@ -843,16 +870,20 @@ def nte_to_annotation(seg: Segment, ctx: MappingContext) -> None:
     if target is None:
         return  # nothing to annotate: NTE fields are reported unmapped
     seg.mark_used(1, 2)  # NTE-1 Set ID, NTE-2 source of comment (no Annotation element)
-    text = "\n".join(r.text() for r in seg.field(3))  # IG NTE-3 (FT, repeating lines)
-    if not text:
+    texts = [r.text() for r in seg.field(3) if r.text()]  # IG NTE-3 (FT): one Annotation per repetition
+    if not texts:
         return
-    note: dict[str, Any] = {"text": text}
+    author = None
     if seg.field(5):  # IG NTE-5 → authorReference
         author = practitioner_reference(seg.rep(5), seg, ctx, "Practitioner-5")
+    time: dict[str, Any] = {}
+    _put_dt(time, "time", seg, 6, ctx)  # IG NTE-6
+    for text in texts:
+        note: dict[str, Any] = {"text": text}
         if author is not None:
             note["authorReference"] = author
-    _put_dt(note, "time", seg, 6, ctx)  # IG NTE-6
-    target.setdefault("note", []).append(note)
+        note.update(time)
+        target.setdefault("note", []).append(note)
 
 
 def _previous_segment_id(seg: Segment, ctx: MappingContext) -> str:

@@ -1,0 +1,332 @@
+"""`type: nats` — publish the FHIR output to NATS JetStream, acknowledged and deduplicated.
+
+Each broker message (engine/sinks/payload.py: the Bundle, or each resource) is published
+with JetStream's acknowledged publish: the sink counts a message delivered only when the
+stream has stored it. Each carries `Nats-Msg-Id` = its deterministic id
+(`<channel>:<message id>[:<entry index>]`), so when the runner hands a message again (a
+crash between publish and the store update, a retry after an ambiguous timeout, or a
+message whose third resource failed after two were stored) the stream drops the copies
+it saw within its duplicate window and answers `duplicate: true`. Past that window a
+redelivery is stored twice; the ids in the headers let consumers drop it.
+
+Subjects come from a template with a fixed set of placeholders, all chosen by the engine
+or the message header, never PHI: {channel} {sink} {message_code} (MSH-9.1)
+{trigger_event} (MSH-9.2) {message_type} (MSH-9.1_MSH-9.2) {resource_type}. Values are
+reduced to letters, digits, '_' and '-', so a value can never add a subject token or a
+wildcard.
+
+Reconnecting is the runner's job, not the client's: the client is built without
+background reconnects, so a broken connection fails the publish at once (transient),
+and the next attempt, after the channel's backoff, connects anew.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import string
+from collections.abc import Mapping
+from typing import Any, Literal, Self
+from urllib.parse import urlsplit
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.client import RawCredentials
+from nats.js.client import JetStreamContext
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from engine.config.models import SecretRef
+from engine.hl7.fields import field_value
+from engine.registry import BuildContext, Registry
+from engine.sinks.base import OneByOneSink
+from engine.sinks.payload import PayloadMode, broker_messages, headers, message_id
+from engine.types import ConfigError, Exchange, PermanentError, TransientError
+
+log = structlog.get_logger("hl7engine.sinks.nats")
+
+#: Placeholders a subject template may use (module docstring).
+PLACEHOLDERS = frozenset({"channel", "sink", "message_code", "trigger_event", "message_type", "resource_type"})
+DEFAULT_SUBJECT = "hl7.{channel}.{message_type}"
+
+_TOKEN = re.compile(r"[^\s.*>]+")  # a literal subject token: no blanks, dots or wildcards
+_UNSAFE_VALUE = re.compile(r"[^A-Za-z0-9_-]")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
+_MAX_VALUE_LENGTH = 64
+_SCHEMES = frozenset({"nats", "tls"})
+
+
+# ---------------------------------------------------------------- subjects
+
+
+def subject_value(value: str) -> str:
+    """A placeholder value made safe as (part of) one subject token."""
+    return _UNSAFE_VALUE.sub("_", value)[:_MAX_VALUE_LENGTH] or "_"
+
+
+class SubjectTemplate:
+    """A compiled subject template: literal parts and placeholders, checked once."""
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        self._parts: list[tuple[str, str | None]] = []
+        for literal, field, spec, conversion in string.Formatter().parse(template):
+            if field is not None and (field not in PLACEHOLDERS or spec or conversion):
+                raise ValueError(
+                    f"subject placeholder {{{field}}} is not allowed; use {', '.join(sorted(PLACEHOLDERS))}"
+                )
+            self._parts.append((literal, field))
+        sample = self.render(dict.fromkeys(PLACEHOLDERS, "x"))
+        if not all(_TOKEN.fullmatch(token) for token in sample.split(".")):
+            raise ValueError("a subject is dot-separated tokens without blanks or wildcards ('*', '>'), "
+                             "e.g. hl7.{channel}.{message_type}")
+
+    def render(self, values: Mapping[str, str]) -> str:
+        return "".join(literal + (subject_value(values[field]) if field else "") for literal, field in self._parts)
+
+    def wildcard(self) -> str:
+        """The subject filter covering every rendering: a token with a placeholder becomes '*'."""
+        tokens = "".join(literal + ("\x00" if field else "") for literal, field in self._parts).split(".")
+        return ".".join("*" if "\x00" in token else token for token in tokens)
+
+
+def subject_values(exchange: Exchange, sink: str, resource_type: str) -> dict[str, str]:
+    """Placeholder values for one broker message (MSH-9 components, names, a type)."""
+    code = field_value(exchange.text, "MSH-9.1") or ""
+    event = field_value(exchange.text, "MSH-9.2") or ""
+    return {
+        "channel": exchange.message.channel,
+        "sink": sink,
+        "message_code": code,
+        "trigger_event": event,
+        "message_type": f"{code}_{event}" if event else code,
+        "resource_type": resource_type,
+    }
+
+
+# ---------------------------------------------------------------- config
+
+
+class NatsSinkConfig(BaseModel):
+    """Publish each message's FHIR output to a NATS JetStream stream (acked, deduplicated)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["nats"]
+    servers: tuple[str, ...] = Field(default=("nats://127.0.0.1:4222",), min_length=1,
+                                     description="Server URLs, nats:// or tls://.")
+    subject: str = Field(default=DEFAULT_SUBJECT, description="Subject template; placeholders: "
+                         + ", ".join(f"{{{p}}}" for p in sorted(PLACEHOLDERS)) + " (never PHI).")
+    stream: str | None = Field(default=None, description="JetStream stream expected to store the messages "
+                               "(a publish landing in another stream fails).")
+    create_stream: bool = Field(default=False, description="Create `stream` at start when missing, "
+                                "capturing the subject template's wildcard.")
+    duplicate_window_s: float = Field(default=600.0, gt=0, description="Duplicate window of a stream this "
+                                      "sink creates: redeliveries within it are dropped by the server.")
+    payload: PayloadMode = Field(default="bundle", description="bundle: one message per Bundle. resources: "
+                                 "one message per resource.")
+    credentials: SecretRef | None = Field(default=None, description="NATS user credentials (.creds content: "
+                                          "user JWT and NKey seed); needs the nkeys package.")
+    token: SecretRef | None = Field(default=None, description="Authentication token.")
+    user: str | None = Field(default=None, description="User name (with `password`).")
+    password: SecretRef | None = Field(default=None, description="Password of `user`.")
+    timeout_s: float = Field(default=10.0, gt=0, description="Seconds to connect, and to wait for each "
+                             "publish acknowledgement.")
+    name: str | None = Field(default=None, description="Sink name for metrics and the store; default 'nats'.")
+
+    @field_validator("servers")
+    @classmethod
+    def _urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            parts = urlsplit(url)
+            if parts.scheme not in _SCHEMES or not parts.hostname:
+                raise ValueError("each server must be a URL such as nats://127.0.0.1:4222 or tls://host:4222")
+            if parts.username or parts.password:
+                raise ValueError("put no user or password in a server URL; use 'user'/'password' or 'token'")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        SubjectTemplate(value)
+        return value
+
+    @field_validator("stream")
+    @classmethod
+    def _stream_name(cls, value: str | None) -> str | None:
+        if value is not None and not _STREAM_NAME.fullmatch(value):
+            raise ValueError("a stream name is 1-255 letters, digits, '_' or '-'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.create_stream and self.stream is None:
+            raise ValueError("create_stream needs 'stream'")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("give 'user' and 'password' together")
+        if sum(x is not None for x in (self.credentials, self.token, self.user)) > 1:
+            raise ValueError("choose one of 'credentials', 'token' or 'user'/'password'")
+        return self
+
+
+# ---------------------------------------------------------------- the sink
+
+
+class NatsSink(OneByOneSink):
+    """One NATS connection; each broker message is one acknowledged JetStream publish."""
+
+    def __init__(
+        self,
+        name: str,
+        channel: str,
+        servers: list[str],
+        subject: SubjectTemplate,
+        *,
+        stream: str | None = None,
+        create_stream: bool = False,
+        duplicate_window_s: float = 600.0,
+        payload: PayloadMode = "bundle",
+        auth: Mapping[str, Any] | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self._channel = channel
+        self._servers = servers
+        self._subject = subject
+        self._stream = stream
+        self._create_stream = create_stream
+        self._duplicate_window_s = duplicate_window_s
+        self._payload: PayloadMode = payload
+        self._auth = dict(auth or {})
+        self._timeout_s = timeout_s
+        self._client: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+
+    async def start(self) -> None:
+        """Connect (and create the stream) early; a broker that is down does not stop the
+        engine: the runner retries, and the next delivery connects."""
+        try:
+            await self._jetstream()
+        except TransientError as exc:
+            log.warning("nats_sink_unreachable", channel=self._channel, sink=self.name, reason=str(exc))
+
+    async def close(self) -> None:
+        client, self._client, self._js = self._client, None, None
+        if client is not None and not client.is_closed:
+            try:
+                await client.close()
+            except nats.errors.Error as exc:
+                log.info("nats_sink_close_failed", channel=self._channel, sink=self.name,
+                         error_type=type(exc).__name__)
+
+    async def deliver(self, exchange: Exchange) -> None:
+        messages = broker_messages(exchange, self._payload)
+        js = await self._jetstream()
+        for message in messages:
+            subject = self._subject.render(subject_values(exchange, self.name, message.resource_type))
+            message_headers: dict[str, Any] = headers(exchange, message, count=len(messages))
+            message_headers["Nats-Msg-Id"] = message_id(exchange, message.suffix)
+            try:
+                await js.publish(subject, message.body, timeout=self._timeout_s, stream=self._stream,
+                                 headers=message_headers)
+            except nats.errors.MaxPayloadError:
+                raise PermanentError("message larger than the NATS server's max_payload") from None
+            except nats.js.errors.NoStreamResponseError:
+                raise TransientError("no JetStream stream captures the subject") from None
+            except nats.js.errors.APIError as exc:
+                raise TransientError(f"JetStream refused the publish (error code {exc.err_code})") from None
+            except nats.errors.TimeoutError:
+                raise TransientError("JetStream did not acknowledge the publish in time", ambiguous=True) from None
+            except (nats.errors.Error, OSError) as exc:
+                await self._drop_connection()
+                raise TransientError(f"nats publish failed: {type(exc).__name__}", ambiguous=True) from None
+
+    async def _jetstream(self) -> JetStreamContext:
+        """The JetStream context over a live connection, connecting when there is none."""
+        if self._client is not None and self._js is not None and self._client.is_connected:
+            return self._js
+        await self._drop_connection()
+        client = NatsClient()
+        try:
+            await client.connect(
+                servers=self._servers,
+                name=f"hl7engine-{self._channel}-{self.name}",
+                connect_timeout=max(1, math.ceil(self._timeout_s)),
+                allow_reconnect=False,  # module docstring: the runner reconnects
+                max_reconnect_attempts=1,  # two tries per server, then give up (0 would mean forever)
+                reconnect_time_wait=0,
+                error_cb=self._on_error,
+                **self._auth,
+            )
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            raise TransientError(f"nats connect failed: {type(exc).__name__}") from None
+        js = client.jetstream(timeout=self._timeout_s)
+        self._client, self._js = client, js
+        if self._create_stream:
+            await self._ensure_stream(js)
+        return js
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        assert self._stream is not None
+        try:
+            await js.stream_info(self._stream)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        except (nats.errors.Error, OSError) as exc:
+            await self._drop_connection()
+            raise TransientError(f"JetStream stream lookup failed: {type(exc).__name__}") from None
+        try:
+            await js.add_stream(name=self._stream, subjects=[self._subject.wildcard()],
+                                duplicate_window=self._duplicate_window_s)
+        except nats.js.errors.BadRequestError as exc:
+            # Another instance created it meanwhile, or the subjects overlap another stream.
+            log.warning("nats_stream_not_created", channel=self._channel, sink=self.name, error_code=exc.err_code)
+        except (nats.errors.Error, OSError) as exc:
+            await self._drop_connection()
+            raise TransientError(f"JetStream stream creation failed: {type(exc).__name__}") from None
+        else:
+            log.info("nats_stream_created", channel=self._channel, sink=self.name, stream=self._stream)
+
+    async def _drop_connection(self) -> None:
+        await self.close()
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.info("nats_client_error", channel=self._channel, sink=self.name, error_type=type(exc).__name__)
+
+
+def _auth(config: NatsSinkConfig) -> dict[str, Any]:
+    """Connect arguments for the configured authentication; secrets read now, never logged."""
+    if config.credentials is not None:
+        if importlib.util.find_spec("nkeys") is None:
+            raise ConfigError(["sink nats: 'credentials' need the nkeys package (pip install 'nats-py[nkeys]')"])
+        return {"user_credentials": RawCredentials(config.credentials.reveal())}
+    if config.token is not None:
+        return {"token": config.token.reveal()}
+    if config.user is not None and config.password is not None:
+        return {"user": config.user, "password": config.password.reveal()}
+    return {}
+
+
+def _build(config: BaseModel, ctx: BuildContext) -> NatsSink:
+    assert isinstance(config, NatsSinkConfig)
+    return NatsSink(
+        config.name or "nats",
+        ctx.channel,
+        list(config.servers),
+        SubjectTemplate(config.subject),
+        stream=config.stream,
+        create_stream=config.create_stream,
+        duplicate_window_s=config.duplicate_window_s,
+        payload=config.payload,
+        auth=_auth(config),
+        timeout_s=config.timeout_s,
+    )
+
+
+def register(registry: Registry) -> None:
+    registry.add_sink("nats", NatsSinkConfig, "Publish the FHIR output to NATS JetStream (acked, deduplicated).",
+                      _build)
+
