@@ -27,7 +27,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -349,12 +349,24 @@ class GroupCommitConfig(_Model):
 class StoreConfig(_Model):
     """The durable inbox: SQLite (`path`, the default) or PostgreSQL (`url`); exactly one."""
 
+    _POSTGRES_ONLY: ClassVar[frozenset[str]] = frozenset({"pool_min", "pool_max", "lease_timeout_s", "instance_id"})
+    _URL_SECRET_PARAMS: ClassVar[frozenset[str]] = frozenset({"password", "sslpassword"})
+
     path: OutputFile | None = None
     """SQLite database file (default data/hl7engine.db, relative to the working directory)."""
     url: str | None = None
     """postgresql://user@host:5432/db; give the password as `password:` or ${ENV}, never inline."""
     password: SecretRef | None = None
     """PostgreSQL password by reference."""
+    pool_min: int = Field(default=1, ge=0, le=100)
+    """PostgreSQL: connections kept open."""
+    pool_max: int = Field(default=10, ge=1, le=100)
+    """PostgreSQL: at most this many connections per engine instance."""
+    lease_timeout_s: float = Field(default=300.0, gt=0, le=86_400)
+    """PostgreSQL: a dead instance's in-flight messages go to other instances after this long."""
+    instance_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$")
+    """PostgreSQL: this instance's stable name in leases, distinct per instance, so a restart
+    takes back its own in-flight messages at once (default: unique per process)."""
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     group_commit: GroupCommitConfig = Field(default_factory=GroupCommitConfig)
 
@@ -377,6 +389,12 @@ class StoreConfig(_Model):
         written = urlsplit(getattr(value, "template", value))
         if written.password and "${" not in written.password:
             raise ValueError("inline password in url refused: use `password: {env: NAME}` or ${ENV_VAR}")
+        # libpq and asyncpg also read secrets from the query string (?password=...).
+        from urllib.parse import parse_qsl
+
+        for name, secret in parse_qsl(written.query, keep_blank_values=True):
+            if name.lower() in cls._URL_SECRET_PARAMS and "${" not in secret:
+                raise ValueError(f"inline {name.lower()} in url refused: use `password: {{env: NAME}}`")
         return value
 
     @model_validator(mode="after")
@@ -385,6 +403,11 @@ class StoreConfig(_Model):
             raise ValueError("give either 'path' (SQLite) or 'url' (PostgreSQL), not both")
         if self.password is not None and self.url is None:
             raise ValueError("'password' applies only to a PostgreSQL 'url'")
+        postgres_only = sorted(self.model_fields_set & self._POSTGRES_ONLY)
+        if postgres_only and self.url is None:
+            raise ValueError(f"{', '.join(postgres_only)} apply only to a PostgreSQL 'url'")
+        if self.pool_min > self.pool_max:
+            raise ValueError("pool_min must not exceed pool_max")
         return self
 
     @property

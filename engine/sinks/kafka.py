@@ -114,10 +114,11 @@ def patient_key(exchange: Exchange, secret: bytes | None = None) -> bytes | None
     None when the message names no patient (its records then spread over partitions)."""
     base = exchange.message.ordering_key
     if not base:
-        identifier = field_value(exchange.text, "PID-3.1")
+        text = exchange.text or exchange.message.text()  # the runner leaves `text` empty
+        identifier = field_value(text, "PID-3.1")
         if identifier is None:
             return None
-        authority = field_value(exchange.text, "PID-3.4") or ""
+        authority = field_value(text, "PID-3.4") or ""
         base = hashlib.sha256(f"{identifier}^{authority}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
     if secret is not None:
         return hmac.new(secret, base.encode(), hashlib.sha256).hexdigest()[:32].encode()

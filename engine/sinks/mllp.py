@@ -81,8 +81,8 @@ class MllpSinkConfig(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, description="Seconds to connect, and to wait for each ACK.")
     payload: Literal["original", "transformed"] = Field(
         default="original",
-        description="original: the stored bytes exactly as received. transformed: the message text after "
-        "the pipeline's stages, encoded in the charset it was received in.",
+        description="original: the stored bytes exactly as received. transformed: the v2 text as the "
+        "pipeline's stages left it (BOM and leading blanks dropped), encoded in the charset it was received in.",
     )
     on_ae: Policy = Field(default="dead", description="AE/CE (application or commit error): dead-letter or retry.")
     on_ar: Policy = Field(default="dead", description="AR/CR (rejected): dead-letter or retry.")
@@ -215,12 +215,15 @@ class MllpSink(OneByOneSink):
         message = exchange.message
         if self._payload == "original":
             return message.raw, message.control_id
+        # The runner leaves `text` empty unless a stage rewrote the v2 message; then the
+        # stored message, decoded as intake decoded it, is the "transformed" one.
+        text = exchange.text or message.text()
         try:
-            control_id = parse_header(exchange.text).control_id
+            control_id = parse_header(text).control_id
         except HeaderError as exc:
             raise PermanentError(f"transformed message has no usable MSH: {exc}") from None
         try:
-            return exchange.text.encode(message.charset or "utf-8"), control_id
+            return text.encode(message.charset or "utf-8"), control_id
         except (UnicodeEncodeError, LookupError):
             raise PermanentError("transformed message cannot be encoded in its original charset") from None
 

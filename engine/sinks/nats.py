@@ -39,7 +39,6 @@ from nats.js.client import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from engine.config.models import SecretRef
-from engine.hl7.fields import field_value
 from engine.registry import BuildContext, Registry
 from engine.sinks.base import OneByOneSink
 from engine.sinks.payload import PayloadMode, broker_messages, headers, message_id
@@ -52,6 +51,7 @@ PLACEHOLDERS = frozenset({"channel", "sink", "message_code", "trigger_event", "m
 DEFAULT_SUBJECT = "hl7.{channel}.{message_type}"
 
 _TOKEN = re.compile(r"[^\s.*>]+")  # a literal subject token: no blanks, dots or wildcards
+_COMPONENTS = re.compile(r"[^A-Za-z0-9]")
 _UNSAFE_VALUE = re.compile(r"[^A-Za-z0-9_-]")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,255}")
 _MAX_VALUE_LENGTH = 64
@@ -93,9 +93,15 @@ class SubjectTemplate:
 
 
 def subject_values(exchange: Exchange, sink: str, resource_type: str) -> dict[str, str]:
-    """Placeholder values for one broker message (MSH-9 components, names, a type)."""
-    code = field_value(exchange.text, "MSH-9.1") or ""
-    event = field_value(exchange.text, "MSH-9.2") or ""
+    """Placeholder values for one broker message (MSH-9 components, names, a type).
+
+    MSH-9 comes from the store's copy (`message_type`): its component separator is not
+    known there, but it is never a letter or digit, and neither MSH-9.1 nor MSH-9.2 holds
+    anything else (HL7 tables 0076 and 0003).
+    """
+    parts = _COMPONENTS.split(exchange.message.message_type, 2)
+    code = parts[0]
+    event = parts[1] if len(parts) > 1 else ""
     return {
         "channel": exchange.message.channel,
         "sink": sink,

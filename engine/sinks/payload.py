@@ -2,8 +2,8 @@
 
 Shared by the NATS and Kafka sinks. Two shapes, chosen per sink:
 
-- `bundle`: one broker message per stored message, the whole transaction Bundle
-  (`Bundle.id` = `<channel>-<message id>`, as the file sink writes it);
+- `bundle`: one broker message per stored message, the whole transaction Bundle as
+  the runner serialised it (`Bundle.id` = `<channel>-<message id>`, engine/pipeline/workers.py);
 - `resources`: one broker message per Bundle entry, the resource alone (the entry's
   `request` is dropped: its conditional URL may quote an identifier, and a consumer of
   single resources has no transaction to run).
@@ -39,6 +39,7 @@ HEADER_RESOURCE_COUNT = "Fhir-Resource-Count"
 HEADER_CONTENT_TYPE = "Content-Type"
 FHIR_JSON = "application/fhir+json"
 
+_NO_OUTPUT = "no FHIR output to publish (no mapping stage in the pipeline?)"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_^-]")
 _MAX_TYPE_LENGTH = 40
 
@@ -55,9 +56,10 @@ def safe_message_type(exchange: Exchange) -> str:
 
 def bundle_of(exchange: Exchange) -> dict[str, Any]:
     """The exchange's FHIR Bundle; PermanentError when no mapping stage produced one."""
-    if exchange.output is None:
-        raise PermanentError("no FHIR output to publish (no mapping stage in the pipeline?)")
-    return exchange.output
+    bundle = exchange.output
+    if bundle is None:
+        raise PermanentError(_NO_OUTPUT)
+    return bundle
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +78,12 @@ def broker_messages(exchange: Exchange, mode: PayloadMode) -> list[BrokerMessage
     resource, suffix `:<entry index>` (the index in the Bundle, so ids stay stable even
     when an entry without a resource is skipped). A Bundle without entries gives none.
     """
-    bundle = bundle_of(exchange)
     if mode == "bundle":
-        document = dict(bundle)
-        document["id"] = f"{exchange.message.channel}-{exchange.message.id}"
-        return [BrokerMessage("", _json(document), "Bundle")]
+        body = exchange.output_json()  # serialised once where the stages ran; Bundle.id already set
+        if body is None:
+            raise PermanentError(_NO_OUTPUT)
+        return [BrokerMessage("", body, "Bundle")]
+    bundle = bundle_of(exchange)
     items: list[BrokerMessage] = []
     for index, entry in enumerate(bundle.get("entry") or ()):
         resource = entry.get("resource") if isinstance(entry, dict) else None

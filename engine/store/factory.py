@@ -9,11 +9,33 @@ from engine.types import ConfigError, Store
 
 
 def open_store(config: StoreConfig) -> Store:
-    """SQLite for `path:` (the embedded default); PostgreSQL for `url: postgresql://…`."""
+    """SQLite for `path:` (the embedded default); PostgreSQL for `url: postgresql://…`.
+
+    Returns the store unopened; nothing is connected or created until `open()`.
+    """
     if config.url:
-        scheme = config.url.split(":", 1)[0]  # never echo the rest: it may hold credentials
-        raise ConfigError([f"store.url: {scheme}:// stores are not available in this version; use store.path"])
+        return _postgres(config)
     from engine.store.sqlite import SQLiteStore
 
     assert config.path is not None, "the config model requires path or url"
-    return SQLiteStore(Path(config.path))
+    return SQLiteStore(Path(config.path), max_batch=config.group_commit.max_batch)
+
+
+def _postgres(config: StoreConfig) -> Store:
+    assert config.url is not None
+    try:
+        from engine.store.postgres import PostgresStore
+    except ImportError as exc:  # asyncpg is needed only by sites that use PostgreSQL
+        raise ConfigError(
+            [f"store.url: PostgreSQL needs the asyncpg package (pip install asyncpg): {exc.name}"]
+        ) from None
+    return PostgresStore(
+        config.url,
+        # Asked on every new connection, so a rotated secret is picked up; never stored here.
+        password=config.password.reveal if config.password is not None else None,
+        pool_min=config.pool_min,
+        pool_max=config.pool_max,
+        lease_timeout_s=config.lease_timeout_s,
+        instance_id=config.instance_id,
+        max_batch=config.group_commit.max_batch,
+    )

@@ -872,7 +872,7 @@ class PostgresStore:
     async def _scan(self, conn: Connection, channel: str, limit: int, now: float) -> list[_Row]:
         async with conn.transaction(readonly=True):
             await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _lock_key(channel))
-            db_now = float(await conn.fetchval(f"SELECT {_DB_NOW}"))  # noqa: S608
+            db_now = float(await conn.fetchval(f"SELECT {_DB_NOW}"))
             planner = LeasePlanner(limit, now)
             rows_by_id: dict[int, _Row] = {}
             window = max(limit * LEASE_WINDOW_FACTOR, LEASE_MIN_WINDOW)

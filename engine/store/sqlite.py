@@ -374,8 +374,17 @@ class _ConnectionThread:
         outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                outcomes.append(_run_in_savepoint(conn, job))
+            # Optimistic first: jobs almost never fail on their own, and a savepoint per
+            # job costs three statements. If one does fail, redo the batch with savepoints
+            # so only that job is undone.
+            try:
+                outcomes = [_Outcome(job, value=job.fn(conn)) for job in batch]
+            except sqlite3.Error as exc:
+                if _is_fatal(exc):
+                    raise
+                outcomes = self._redo_with_savepoints(conn, batch)
+            except Exception:
+                outcomes = self._redo_with_savepoints(conn, batch)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # Fatal (disk full, I/O, busy): nothing in this batch is durable, so every
@@ -387,6 +396,11 @@ class _ConnectionThread:
         if messages:
             STORE_BATCH_SIZE.observe(messages)
         return outcomes
+
+    def _redo_with_savepoints(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        return [_run_in_savepoint(conn, job) for job in batch]
 
     def _run_each(self, conn: sqlite3.Connection, batch: list[_Job]) -> list[_Outcome]:
         outcomes: list[_Outcome] = []

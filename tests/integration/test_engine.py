@@ -279,3 +279,20 @@ class TestShutdown:
                   if line.startswith("{")]
         assert "engine_stopping" in events and "engine_stopped" in events
         assert events.index("engine_stopping") < events.index("engine_stopped")
+
+
+class TestMllpRelease2:
+    async def test_commit_block_after_the_durable_write(self, make_engine, tmp_path: Path) -> None:
+        """mllp_release: 2 answers a stored message with the commit acknowledgement block."""
+        engine = await make_engine(extra="    mllp_release: 2\n")
+        reply = await exchange("127.0.0.1", port_of(engine), adt_a01("R2").encode())
+        assert b"\x06" == reply
+        db = sqlite3.connect(tmp_path / "store.db")
+        (count,) = db.execute("SELECT count(*) FROM messages").fetchone()
+        db.close()
+        assert 1 == count
+
+    async def test_unreadable_message_gets_a_negative_commit_block(self, make_engine) -> None:
+        """A frame with no MSH is answered with the negative commit block (NAK)."""
+        engine = await make_engine(extra="    mllp_release: 2\n")
+        assert b"\x15" == await exchange("127.0.0.1", port_of(engine), b"PID|1||X\r")

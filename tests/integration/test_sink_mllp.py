@@ -124,6 +124,35 @@ class TestMllpSinkDelivery:
         assert "(ERR-3 200)" in str(result)
 
 
+class TestMllpSinkTransformed:
+    async def test_transformed_sends_the_stage_text_and_correlates_its_msh10(self) -> None:
+        """payload=transformed forwards the text a stage left, and expects its own MSH-10 in MSA-2."""
+        item = sample_exchange(1)
+        item.text = item.message.text().replace("CTRL1", "EDITED1").replace("\r", "\n")
+        peer = ScriptedPeer()
+        async with running_server(peer) as server:
+            sink = MllpSink("mllp", "router", HostPort("127.0.0.1", server.port), timeout_s=TIMEOUT_S,
+                            payload="transformed")
+            try:
+                assert [None] == await sink.deliver_many([item])
+            finally:
+                await sink.close()
+        assert [item.text.encode()] == peer.received
+
+    async def test_transformed_without_stage_text_sends_the_decoded_message(self) -> None:
+        """With no stage text (what the runner hands over) the stored message's decoded text is sent."""
+        item = sample_exchange(1)
+        peer = ScriptedPeer()
+        async with running_server(peer) as server:
+            sink = MllpSink("mllp", "router", HostPort("127.0.0.1", server.port), timeout_s=TIMEOUT_S,
+                            payload="transformed")
+            try:
+                assert [None] == await sink.deliver_many([item])
+            finally:
+                await sink.close()
+        assert [item.message.text().encode()] == peer.received
+
+
 class TestMllpSinkConnection:
     async def test_timeout_resets_the_connection_then_recovers(self) -> None:
         """No ACK in time: ambiguous transient failure, connection reset; the retry gets AA on a new one."""

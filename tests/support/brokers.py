@@ -195,6 +195,7 @@ def sample_exchange(
     patient = {"resourceType": "Patient", "identifier": [{"value": mrn}], "name": [{"family": family}]}
     bundle = {
         "resourceType": "Bundle",
+        "id": f"{channel}-{message_id}",  # as the runner sets it (engine/pipeline/workers.py)
         "type": "transaction",
         "entry": [
             {"resource": patient, "request": {"method": "PUT", "url": f"Patient?identifier={mrn}"}},
@@ -204,4 +205,4 @@ def sample_exchange(
              "request": {"method": "POST", "url": "Coverage"}},
         ],
     }
-    return Exchange(message=stored, text=text, output=bundle)
+    return Exchange(message=stored, text="", output=bundle)  # text: as the runner leaves it
