@@ -141,7 +141,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
         Panel("Connections by outcome", [
             q(f"sum by (channel, outcome) (rate(hl7engine_connections_total{{{CH}}}[{RATE}]))",
               "{{channel}} {{outcome}}")], unit="cps",
-            description="accepted, refused_limit, refused_peer_limit, refused_address, tls_failed."),
+            description="accepted, refused_limit, refused_peer_limit, refused_address, refused_rate, tls_failed."),
         Panel("Frames rejected and quarantined", [
             q(f"sum by (channel, reason) (rate(hl7engine_frames_rejected_total{{{CH}}}[{RATE}]))",
               "{{channel}} rejected {{reason}}"),

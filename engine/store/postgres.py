@@ -1067,6 +1067,36 @@ class PostgresStore:
 
         return await self._read("diagnostics", run)
 
+    # -- raw rows, for re-encryption in place (engine/store/encrypted.py RawAccess)
+
+    async def message_raw_page(self, after_id: int, limit: int) -> list[tuple[int, str, str, str, str, bytes]]:
+        """(id, channel, sender, control_id, content_hash, raw) of messages after `after_id`, by id."""
+        rows = await self._read("raw_page", lambda conn: conn.fetch(
+            "SELECT id, channel, sender, control_id, content_hash, raw FROM messages"
+            " WHERE id > $1 ORDER BY id LIMIT $2", after_id, clamp_limit(limit)))
+        return [(r[0], r[1], r[2], r[3], r[4], bytes(r[5])) for r in rows]
+
+    async def quarantine_raw_page(self, after_id: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        """(id, channel, reason, raw) of quarantined frames after `after_id`, by id."""
+        rows = await self._read("raw_page", lambda conn: conn.fetch(
+            "SELECT id, channel, reason, raw FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2",
+            after_id, clamp_limit(limit)))
+        return [(r[0], r[1], r[2], bytes(r[3])) for r in rows]
+
+    async def replace_raw(self, table: str, changes: Sequence[tuple[int, bytes, bytes]]) -> int:
+        """For each (id, old, new): raw = new where raw is still old; one transaction; rows changed."""
+        sql = {
+            "messages": "UPDATE messages m SET raw = c.new FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])"
+                        " AS c(id, old, new) WHERE m.id = c.id AND m.raw = c.old",
+            "quarantine": "UPDATE quarantine q SET raw = c.new FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])"
+                          " AS c(id, old, new) WHERE q.id = c.id AND q.raw = c.old",
+        }[table]
+        if not changes:
+            return 0
+        ids, olds, news = ([c[i] for c in changes] for i in range(3))
+        status = await self._write("replace_raw", lambda conn: conn.execute(sql, ids, olds, news))
+        return _rowcount(status)
+
     async def _prune_in_chunks(self, operation: str, sql: str, before: float) -> int:
         # One transaction per chunk, so other writers interleave.
         total = 0
