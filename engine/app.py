@@ -90,6 +90,20 @@ def retry_policy(channel: ChannelConfig) -> RetryPolicy:
                        jitter=r.jitter, max_attempts=r.max_attempts)
 
 
+async def start_sinks(rt: ChannelRuntime) -> None:
+    """Start each sink; one that cannot reach its target yet must not stop custody.
+
+    Messages keep being stored and ACKed; deliveries to that sink fail transiently and
+    are retried with backoff until it answers.
+    """
+    for sink in rt.sinks:
+        try:
+            await sink.start()
+        except Exception as exc:
+            log.warning("sink_start_failed", channel=rt.config.name, sink=sink.name,
+                        error_type=exc.__class__.__name__)
+
+
 def listener_changed(old: ChannelConfig, new: ChannelConfig) -> bool:
     """True when the socket itself must be rebound (connections are then dropped)."""
     fields = ("listen", "tls", "limits", "allow")
@@ -176,8 +190,7 @@ class Engine:
                 continue
             self.channels[channel.name] = self._build_channel(channel)
         for rt in self.channels.values():
-            for sink in rt.sinks:
-                await sink.start()
+            await start_sinks(rt)
             rt.runner.start()
         for rt in self.channels.values():
             await rt.server.start()
@@ -285,8 +298,7 @@ class Engine:
             return changes
 
     async def _start_channel(self, rt: ChannelRuntime, *, with_server: bool = True) -> None:
-        for sink in rt.sinks:
-            await sink.start()
+        await start_sinks(rt)
         rt.runner.start()
         if with_server:
             await rt.server.start()

@@ -252,12 +252,17 @@ class StatusPage:
         """Routes to add to the admin app; `guard` checks the bearer token (viewer or better)."""
         return [
             web.get("/status", self.page),
+            # The page's links are relative to /status; /status/ would resolve them one level too deep.
+            web.get("/status/", self.redirect),
             web.get("/status/{asset}", self.asset),
             web.get("/api/status", guard("view", self.api)),
         ]
 
     async def page(self, request: web.Request) -> web.Response:
         return self._file("status.html")
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound("../status")
 
     async def asset(self, request: web.Request) -> web.Response:
         name = request.match_info["asset"]

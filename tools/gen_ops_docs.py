@@ -33,10 +33,8 @@ def _cell(text: str) -> str:
 def metrics_table() -> str:
     rows = ["| Metric | Type | Labels | Meaning |", "| --- | --- | --- | --- |"]
     for info in engine_metrics():
-        if info.type == "histogram":
-            name = f"`{info.name}` (`_bucket`, `_sum`, `_count`)"
-        else:
-            name = f"`{info.series[0]}`"
+        suffixes = " (`_bucket`, `_sum`, `_count`)" if info.type == "histogram" else ""
+        name = f"`{info.name if suffixes else info.series[0]}`{suffixes}"
         labels = ", ".join(f"`{label}`" for label in info.labels) or "—"
         rows.append(f"| {name} | {info.type} | {labels} | {_cell(info.help)} |")
     return "\n".join(rows) + "\n"

@@ -8,9 +8,15 @@ Public API::
 ``unmapped`` is the field accounting (issue 3): (segment id, field number) for every field
 present in a mapped segment that no mapper read (or that a mapper rejected as invalid),
 and (segment id, "*") for every segment that has no mapper or is excluded by the
-channel's ``segments`` option. Never values. Duplicates are reported once, in message
-order. The caller (the ``v2_to_fhir`` stage) counts them in
+channel's ``segments`` option; (segment id, "missing") for a segment the message map
+requires that the message lacks (an ADT without PID). Never values. Duplicates are
+reported once, in message order. The caller (the ``v2_to_fhir`` stage) counts them in
 ``hl7engine_fields_unmapped_total{channel,segment,field}``.
+
+A missing required segment does not refuse the message: the segments that are there are
+mapped (an ADT^A01 without PID still gives its MessageHeader and Encounter, whose subject
+is optional) and the gap is reported. A segment that needs what is missing (NK1, IN1, PD1
+need the PID's Patient) raises MappingError naming itself.
 
 Errors: any input that cannot be converted raises engine.types.MappingError (naming the
 segment and field, never a value). An unexpected exception inside a mapper is a bug: it
@@ -33,6 +39,9 @@ from channels.mappers.validate import validate_bundle
 from engine.types import MappingError
 
 
+MISSING = "missing"  # the "field" reported for a required segment the message lacks
+
+
 @dataclass(frozen=True, slots=True)
 class ConversionResult:
     bundle: dict[str, Any]
@@ -48,15 +57,13 @@ def _identity(message: V2Message) -> str:
     return digest.hexdigest()
 
 
-def _check_required(message: V2Message) -> None:
+def _missing_required(message: V2Message) -> list[str]:
+    """Segments the message map requires (PID in ADT, MRG in A40) that the message lacks."""
     msh = message.msh
-    code, event = msh.value(9, 1), msh.value(9, 2)
-    mm = message_map(code, event, msh.value(9, 3))
+    mm = message_map(msh.value(9, 1), msh.value(9, 2), msh.value(9, 3))
     if mm is None:
-        return
-    for seg_id in mm.required:
-        if message.first(seg_id) is None:
-            raise MappingError(f"required segment missing for {code}^{event}", segment=seg_id)
+        return []
+    return [seg_id for seg_id in mm.required if message.first(seg_id) is None]
 
 
 def convert_message(text: str, options: MappingOptions | Settings) -> ConversionResult:
@@ -65,11 +72,11 @@ def convert_message(text: str, options: MappingOptions | Settings) -> Conversion
     message = parse_message(text)
     if len(message.segments("MSH")) > 1:
         raise MappingError("several messages in one text; split them first", segment="MSH")
-    _check_required(message)
+    missing = _missing_required(message)
     builder = BundleBuilder(_identity(message), settings.fhir_version)
     ctx = MappingContext(message, settings, builder)
     mapped_positions: list[int] = []
-    unmapped: list[tuple[str, str]] = []
+    unmapped: list[tuple[str, str]] = [(seg_id, MISSING) for seg_id in missing]
     selected = settings.segments
     for seg in message.segment_list:
         mapper = mapper_for(seg.id)

@@ -455,21 +455,7 @@ def xpn_to_human_name(rep: Repetition, s: Settings | None = None) -> dict[str, A
     XPN.5 → prefix; XPN.7 → use (NameType); XPN.10 or XPN.12/XPN.13 → period;
     XPN.11 → assembly-order extension. FN.2-FN.5 → family extensions."""
     name: dict[str, Any] = {}
-    family = rep.component(1, 1)
-    if family:
-        name["family"] = family
-        fam_ext = []
-        for sub, url in (
-            (2, SD + "humanname-own-prefix"),
-            (3, SD + "humanname-own-name"),
-            (4, SD + "humanname-partner-prefix"),
-            (5, SD + "humanname-partner-name"),
-        ):
-            part = rep.component(1, sub)
-            if part:
-                fam_ext.append({"url": url, "valueString": part})
-        if fam_ext:
-            name["_family"] = {"extension": fam_ext}
+    fn_to_family(rep, 1, name)
     given = [g for g in (rep.component(2), rep.component(3)) if g]
     if given:
         name["given"] = given
@@ -491,12 +477,41 @@ def xpn_to_human_name(rep: Repetition, s: Settings | None = None) -> dict[str, A
         period = dr_to_period_component(rep, 10, s) or {}
     if period:
         name["period"] = period
-    order = rep.component(11)
-    if order and s is not None:
-        concept = s.vocab.lookup("NameAssemblyOrder", order)
-        if concept is not None and concept.code:
-            name["extension"] = [{"url": SD + "humanname-assembly-order", "valueCode": concept.code}]
+    _assembly_order(rep.component(11), s, name)
     return name
+
+
+_FN_PARTS = (
+    (2, SD + "humanname-own-prefix"),
+    (3, SD + "humanname-own-name"),
+    (4, SD + "humanname-partner-prefix"),
+    (5, SD + "humanname-partner-name"),
+)
+
+
+def fn_to_family(rep: Repetition, component: int, name: dict[str, Any]) -> None:
+    """IG FN[HumanName]: FN.1 → family; FN.2 own prefix, FN.3 own name, FN.4 partner prefix,
+    FN.5 partner name → the humanname-* extensions on ``_family`` (FN held in `component`)."""
+    family = rep.component(component, 1)
+    if not family:
+        return
+    name["family"] = family
+    parts = [
+        {"url": url, "valueString": part} for sub, url in _FN_PARTS if (part := rep.component(component, sub))
+    ]
+    if parts:
+        name["_family"] = {"extension": parts}
+
+
+def _assembly_order(code: str, s: Settings | None, name: dict[str, Any]) -> None:
+    """IG XPN.11 / XCN.18 → humanname-assembly-order (NameAssemblyOrder). The IG cell names
+    ``name.family.extension`` with an R4 page URL; the extension's context is HumanName, so
+    it goes on ``name.extension`` with its canonical URL."""
+    if not code or s is None:
+        return
+    concept = s.vocab.lookup("NameAssemblyOrder", code)
+    if concept is not None and concept.code:
+        name.setdefault("extension", []).append({"url": SD + "humanname-assembly-order", "valueCode": concept.code})
 
 
 def dr_to_period_component(rep: Repetition, component: int, s: Settings | None) -> dict[str, Any] | None:
@@ -756,19 +771,21 @@ def id_to_boolean(text: str) -> bool | None:
 # ---------------------------------------------------------------- people and organisations
 
 
-def _xcn_name(rep: Repetition, s: Settings | None, degree_as_suffix: bool) -> dict[str, Any] | None:
+def _xcn_name(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
+    """XCN.2 (FN[HumanName]), .3/.4 given, .6 prefix, .5/.7/.21 suffix, .10 use, .17-.20 period, .18 order.
+
+    XCN.7 (degree) joins the suffixes as XPN.6 does in every other person name (IG
+    XPN[HumanName] row XPN.6); XCN[Practitioner] also codes it as qualification.
+    """
     name: dict[str, Any] = {}
-    family = rep.component(2, 1)
-    if family:
-        name["family"] = family
+    fn_to_family(rep, 2, name)
     given = [g for g in (rep.component(3), rep.component(4)) if g]
     if given:
         name["given"] = given
     prefix = rep.component(6)
     if prefix:
         name["prefix"] = [prefix]
-    degree = rep.component(7) if degree_as_suffix else ""
-    suffix = [x for x in (rep.component(5), degree, rep.component(21)) if x]
+    suffix = [x for x in (rep.component(5), rep.component(7), rep.component(21)) if x]
     if suffix:
         name["suffix"] = suffix
     if not name:
@@ -781,6 +798,7 @@ def _xcn_name(rep: Repetition, s: Settings | None, degree_as_suffix: bool) -> di
     period = _period_from(rep, s, 19, 20) or dr_to_period_component(rep, 17, s)
     if period:
         name["period"] = period
+    _assembly_order(rep.component(18), s, name)
     return name
 
 
@@ -800,10 +818,11 @@ def _xcn_identifier(rep: Repetition, s: Settings | None) -> dict[str, Any] | Non
 
 
 def xcn_to_practitioner(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
-    """IG XCN[Practitioner]: XCN.1/.9/.11-.13 → identifier; XCN.2-6, .10, .17-.21 → name;
-    XCN.7 → qualification.code (DegreeLicenseCertificate). None when XCN has no id and no name."""
+    """IG XCN[Practitioner]: XCN.1/.9/.11-.13 → identifier; XCN.2-6, .10, .17-.21 → name
+    (XCN.2 through FN[HumanName], XCN.18 → assembly order); XCN.7 → qualification.code
+    (DegreeLicenseCertificate) and name.suffix. None when XCN has no id and no name."""
     ident = _xcn_identifier(rep, s)
-    name = _xcn_name(rep, s, degree_as_suffix=False)
+    name = _xcn_name(rep, s)
     if ident is None and name is None:
         return None
     practitioner: dict[str, Any] = {"resourceType": "Practitioner"}
@@ -825,7 +844,7 @@ def xcn_to_related_person_fields(rep: Repetition, s: Settings | None = None) -> 
     ident = _xcn_identifier(rep, s)
     if ident is not None:
         out["identifier"] = [ident]
-    name = _xcn_name(rep, s, degree_as_suffix=True)
+    name = _xcn_name(rep, s)
     if name is not None:
         out["name"] = [name]
     return out

@@ -165,7 +165,8 @@ class Runner:
                 metrics.PROCESSED.labels(self.channel, "filtered").inc()
                 self.processed += 1
             else:
-                exchange = Exchange(message=message, text="", output=outcome.output,
+                text = outcome.text if outcome.text is not None else message.text()
+                exchange = Exchange(message=message, text=text, output=outcome.output,
                                     output_json=outcome.output_json)
                 exchange.properties["unmapped"] = outcome.unmapped
                 exchanges.append(exchange)

@@ -46,6 +46,7 @@ class StageOutcome:
 
     output: dict[str, Any] | None = None
     output_json: bytes | None = None  # the output serialised once, where the stages ran
+    text: str | None = None  # the v2 text, only when a stage changed it
     unmapped: list[tuple[str, str]] = field(default_factory=list)
     filtered: bool = False
     error: str | None = None  # PHI-free reason; set when a stage failed (permanent)
@@ -62,7 +63,8 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def apply_stages(stages: Sequence[Stage], message: StoredMessage) -> StageOutcome:
-    exchange: Exchange | None = Exchange(message=message, text=message.text())
+    original_text = message.text()
+    exchange: Exchange | None = Exchange(message=message, text=original_text)
     timings: list[tuple[str, float]] = []
     for stage in stages:
         assert exchange is not None
@@ -85,7 +87,8 @@ def apply_stages(stages: Sequence[Stage], message: StoredMessage) -> StageOutcom
         output["id"] = f"{message.channel}-{message.id}"
         exchange.output = output
     return StageOutcome(output=output, output_json=exchange.output_json(),
-                        unmapped=list(exchange.properties.get("unmapped", ())), timings=timings)
+                        unmapped=list(exchange.properties.get("unmapped", ())), timings=timings,
+                        text=exchange.text if exchange.text != original_text else None)
 
 
 class StageExecutor(Protocol):

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from engine.config.models import HostPort, SecretRef
 from engine.hl7.fields import field_value
 from engine.registry import BuildContext, Registry
-from engine.sinks.mllp import ClientTlsConfig
+from engine.sinks.mllp import ClientTlsConfig, WarmUp
 from engine.sinks.payload import PayloadMode, broker_messages, headers
 from engine.types import NOT_ATTEMPTED, DeliveryResult, EngineError, Exchange, PermanentError, TransientError
 
@@ -155,15 +155,19 @@ class KafkaSink:
         self._key_secret = key_secret
         self._payload: PayloadMode = payload
         self._producer: AIOKafkaProducer | None = None
+        self._warm_up = WarmUp()
 
     async def start(self) -> None:
-        """Connect early; a broker that is down does not stop the engine (the runner retries)."""
-        try:
-            await self._ready()
-        except TransientError as exc:
-            log.warning("kafka_sink_unreachable", channel=self._channel, sink=self.name, reason=str(exc))
+        """Connect in the background (WarmUp); a broker that is down does not stop the
+        engine: the runner retries, and the next delivery connects."""
+        await self._warm_up.start(self._ready, self._unreachable)
+
+    def _unreachable(self, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, TransientError) else type(exc).__name__
+        log.warning("kafka_sink_unreachable", channel=self._channel, sink=self.name, reason=reason)
 
     async def close(self) -> None:
+        await self._warm_up.stop()
         producer, self._producer = self._producer, None
         if producer is not None:
             try:
@@ -174,7 +178,8 @@ class KafkaSink:
 
     async def deliver_many(self, exchanges: Sequence[Exchange]) -> list[DeliveryResult]:
         try:
-            producer = await self._ready()
+            async with self._warm_up.lock:
+                producer = await self._ready()
         except TransientError as exc:
             return [exc, *(NOT_ATTEMPTED for _ in exchanges[1:])]
         plans: list[EngineError | list[asyncio.Future[Any]]] = []
@@ -233,6 +238,10 @@ class KafkaSink:
             with contextlib.suppress(Exception):
                 await producer.stop()
             raise TransientError(f"kafka connect failed: {type(exc).__name__}") from None
+        except BaseException:  # cancelled (engine stopping): leave no half-started producer behind
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         self._producer = producer
         return producer
 

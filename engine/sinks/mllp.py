@@ -20,8 +20,10 @@ texts are never kept: a peer may quote message content in them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Self
 
@@ -67,6 +69,39 @@ class ClientTlsConfig(BaseModel):
 
     def context(self) -> ssl.SSLContext:
         return client_context(self.ca, self.cert, self.key, self.verify)
+
+
+class WarmUp:
+    """Connects a sink in the background at start; deliveries wait for it to end.
+
+    The engine starts sinks before its listeners, so a peer that is down or slow (a
+    black-holed address costs a whole connect timeout) must not hold up custody. The
+    lock is taken before `start` returns, so a delivery always queues behind the
+    warm-up and never races it for the connection. Deliveries connect under `lock` too.
+    """
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, connect: Callable[[], Awaitable[object]], on_failure: Callable[[Exception], None]) -> None:
+        await self.lock.acquire()
+
+        async def run() -> None:
+            try:
+                await connect()
+            except Exception as exc:  # reported, then left to the first delivery to retry
+                on_failure(exc)
+
+        self._task = asyncio.create_task(run(), name="sink-warm-up")
+        # A done callback runs even when the task is cancelled before it started.
+        self._task.add_done_callback(lambda _: self.lock.release())
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 class MllpSinkConfig(BaseModel):
@@ -189,17 +224,20 @@ class MllpSink(OneByOneSink):
         self._payload = payload
         self._policy = policy or AckPolicy()
         self._client = MllpClient()
+        self._warm_up = WarmUp()
 
     async def start(self) -> None:
-        """Connect early, but start anyway when the peer is down: it may come back later,
-        and the runner retries (a sink that is down must not stop the engine)."""
-        try:
-            await self._connect()
-        except TransientError as exc:
-            log.warning("mllp_sink_unreachable", channel=self._channel, sink=self.name, reason=str(exc))
+        """Connect in the background (WarmUp); a peer that is down does not stop the engine:
+        it may come back later, and the runner retries."""
+        await self._warm_up.start(self._ensure_connected, self._unreachable)
 
     async def close(self) -> None:
+        await self._warm_up.stop()
         await self._client.close()
+
+    def _unreachable(self, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, TransientError) else type(exc).__name__
+        log.warning("mllp_sink_unreachable", channel=self._channel, sink=self.name, reason=reason)
 
     async def deliver(self, exchange: Exchange) -> None:
         payload, control_id = self._outgoing(exchange)
@@ -215,8 +253,9 @@ class MllpSink(OneByOneSink):
         message = exchange.message
         if self._payload == "original":
             return message.raw, message.control_id
-        # The runner leaves `text` empty unless a stage rewrote the v2 message; then the
-        # stored message, decoded as intake decoded it, is the "transformed" one.
+        # Stages run in worker processes that send back only the FHIR output, so the runner
+        # hands sinks an empty `text`; then the stored message, decoded as intake decoded
+        # it, is what the stages saw, and what is sent.
         text = exchange.text or message.text()
         try:
             control_id = parse_header(text).control_id
@@ -231,8 +270,9 @@ class MllpSink(OneByOneSink):
         """Send on the open connection; a reused one the peer had closed gets one more try
         on a fresh connection (peers close idle connections; a resend is a duplicate the
         receiver absorbs, never a lost message)."""
-        fresh = await self._ensure_connected()
         while True:
+            async with self._warm_up.lock:
+                fresh = await self._ensure_connected()
             try:
                 return await self._client.send(payload, self._timeout_s)
             except MllpTimeoutError:
@@ -242,7 +282,6 @@ class MllpSink(OneByOneSink):
                 await self._reset("closed", message_id)
                 if fresh:
                     raise
-            fresh = await self._ensure_connected()
 
     async def _ensure_connected(self) -> bool:
         """Connect when needed; True when the connection is new."""

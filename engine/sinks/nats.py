@@ -22,6 +22,7 @@ and the next attempt, after the channel's backoff, connects anew.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import re
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.config.models import SecretRef
 from engine.registry import BuildContext, Registry
 from engine.sinks.base import OneByOneSink
+from engine.sinks.mllp import WarmUp
 from engine.sinks.payload import PayloadMode, broker_messages, headers, message_id
 from engine.types import ConfigError, Exchange, PermanentError, TransientError
 
@@ -209,16 +211,22 @@ class NatsSink(OneByOneSink):
         self._timeout_s = timeout_s
         self._client: NatsClient | None = None
         self._js: JetStreamContext | None = None
+        self._warm_up = WarmUp()
 
     async def start(self) -> None:
-        """Connect (and create the stream) early; a broker that is down does not stop the
-        engine: the runner retries, and the next delivery connects."""
-        try:
-            await self._jetstream()
-        except TransientError as exc:
-            log.warning("nats_sink_unreachable", channel=self._channel, sink=self.name, reason=str(exc))
+        """Connect (and create the stream) in the background (WarmUp); a broker that is
+        down does not stop the engine: the runner retries, and the next delivery connects."""
+        await self._warm_up.start(self._jetstream, self._unreachable)
 
     async def close(self) -> None:
+        await self._warm_up.stop()
+        await self._disconnect()
+
+    def _unreachable(self, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, TransientError) else type(exc).__name__
+        log.warning("nats_sink_unreachable", channel=self._channel, sink=self.name, reason=reason)
+
+    async def _disconnect(self) -> None:
         client, self._client, self._js = self._client, None, None
         if client is not None and not client.is_closed:
             try:
@@ -229,7 +237,8 @@ class NatsSink(OneByOneSink):
 
     async def deliver(self, exchange: Exchange) -> None:
         messages = broker_messages(exchange, self._payload)
-        js = await self._jetstream()
+        async with self._warm_up.lock:
+            js = await self._jetstream()
         for message in messages:
             subject = self._subject.render(subject_values(exchange, self.name, message.resource_type))
             message_headers: dict[str, Any] = headers(exchange, message, count=len(messages))
@@ -256,23 +265,30 @@ class NatsSink(OneByOneSink):
         await self._drop_connection()
         client = NatsClient()
         try:
-            await client.connect(
-                servers=self._servers,
-                name=f"hl7engine-{self._channel}-{self.name}",
-                connect_timeout=max(1, math.ceil(self._timeout_s)),
-                allow_reconnect=False,  # module docstring: the runner reconnects
-                max_reconnect_attempts=1,  # two tries per server, then give up (0 would mean forever)
-                reconnect_time_wait=0,
-                error_cb=self._on_error,
-                **self._auth,
-            )
+            await self._connect(client)
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             raise TransientError(f"nats connect failed: {type(exc).__name__}") from None
+        except BaseException:  # cancelled (engine stopping): leave no half-open client behind
+            with contextlib.suppress(Exception):
+                await client.close()
+            raise
         js = client.jetstream(timeout=self._timeout_s)
         self._client, self._js = client, js
         if self._create_stream:
             await self._ensure_stream(js)
         return js
+
+    async def _connect(self, client: NatsClient) -> None:
+        await client.connect(
+            servers=self._servers,
+            name=f"hl7engine-{self._channel}-{self.name}",
+            connect_timeout=max(1, math.ceil(self._timeout_s)),
+            allow_reconnect=False,  # module docstring: the runner reconnects
+            max_reconnect_attempts=1,  # two tries per server, then give up (0 would mean forever)
+            reconnect_time_wait=0,
+            error_cb=self._on_error,
+            **self._auth,
+        )
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         assert self._stream is not None
@@ -297,7 +313,7 @@ class NatsSink(OneByOneSink):
             log.info("nats_stream_created", channel=self._channel, sink=self.name, stream=self._stream)
 
     async def _drop_connection(self) -> None:
-        await self.close()
+        await self._disconnect()
 
     async def _on_error(self, exc: Exception) -> None:
         log.info("nats_client_error", channel=self._channel, sink=self.name, error_type=type(exc).__name__)

@@ -5,8 +5,8 @@ SQLite holds (tests/contract/), plus what sharing needs:
 
 Durability (DESIGN.md §5.1): `ingest` resolves after COMMIT returns. PostgreSQL makes a
 commit durable (WAL flushed) with `synchronous_commit` on, its default; this store never
-turns it off, and a connection that finds it `off` (server or role setting) sets it back
-to `on` for its session.
+turns it off, and when `open` finds it `off` (server, role or url setting) it reconnects
+with `synchronous_commit=on` as a startup setting of every pooled connection.
 
 Group commit (DESIGN.md §7): one writer task per instance takes every write queued since
 its last commit (intake's ingests and the runner's complete / retry / dead-letter /
@@ -733,22 +733,15 @@ class PostgresStore:
         settings = {"application_name": "hl7engine"}
         if self.schema is not None:
             settings["search_path"] = self.schema
+        pool = await self._create_pool(settings)
         try:
-            pool = await asyncpg.create_pool(
-                self.url,
-                password=self._password,
-                min_size=self._pool_min,
-                max_size=self._pool_max,
-                timeout=self._connect_timeout_s,
-                command_timeout=self._command_timeout_s,
-                server_settings=settings,
-                init=_init_connection,
-            )
-        except Exception as exc:
-            if _is_database_error(exc):
-                raise _unavailable("open", exc) from None
-            raise
-        try:
+            async with pool.acquire(timeout=self._connect_timeout_s) as conn:
+                durable = await conn.fetchval("SHOW synchronous_commit") != "off"
+            if not durable:
+                # The server, role or url turned it off; this store's ACKs promise durable
+                # commits. A startup setting (not SET) survives the pool's RESET ALL.
+                await _close_pool(pool)
+                pool = await self._create_pool({**settings, "synchronous_commit": "on"})
             async with pool.acquire(timeout=self._connect_timeout_s) as conn:
                 await migrate(conn, schema=self.schema)
         except Exception as exc:
@@ -771,6 +764,22 @@ class PostgresStore:
             self._heartbeat = None
         pool, self._pool = self._pool, None
         await _close_pool(pool)
+
+    async def _create_pool(self, settings: dict[str, str]) -> Pool:
+        try:
+            return await asyncpg.create_pool(
+                self.url,
+                password=self._password,
+                min_size=self._pool_min,
+                max_size=self._pool_max,
+                timeout=self._connect_timeout_s,
+                command_timeout=self._command_timeout_s,
+                server_settings=settings,
+            )
+        except Exception as exc:
+            if _is_database_error(exc):
+                raise _unavailable("open", exc) from None
+            raise
 
     def _require_pool(self) -> Pool:
         if self._pool is None:
@@ -1109,13 +1118,6 @@ class PostgresStore:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-async def _init_connection(conn: Any) -> None:
-    """Every pooled connection: refuse to run with commits that are not durable."""
-    if await conn.fetchval("SHOW synchronous_commit") == "off":
-        # The server or role turned it off; this store's ACKs promise durability.
-        await conn.execute("SET synchronous_commit = on")
 
 
 async def _close_pool(pool: Pool) -> None:

@@ -362,18 +362,56 @@ class AssertionResult:
     message: str
 
 
-def score_lfh(message: CorpusMessage, converted: Converted, corpus: Path) -> list[AssertionResult]:
+def score_lfh(
+    message: CorpusMessage,
+    converted: Converted,
+    corpus: Path,
+    siblings: Mapping[str, tuple[CorpusMessage, Converted]] | None = None,
+) -> list[AssertionResult]:
+    """Evaluate a sidecar's assertions. `siblings` are the other messages of the same test
+    method by their Java variable name: a statement about one of them (lfh.message_of_assertion)
+    is evaluated against that message's Bundle."""
     sidecar = json.loads((corpus / message.expected).read_text(encoding="utf-8"))
+    names = list(siblings or {})
+    statements = [assertion["stmt"] for assertion in sidecar.get("assertions", [])]
+    parameters = sidecar.get("parameterized") or {}
+    several_values = any(len(p.get("all_values", [])) > 1 for p in parameters.values())
+    branches = lfh.branch_dependent(statements) if several_values else set()
     results: list[AssertionResult] = []
-    for assertion in sidecar.get("assertions", []):
-        stmt = assertion["stmt"]
+    for number, stmt in enumerate(statements):
         segment = lfh.assertion_segment(stmt)
-        if converted.bundle is None:
+        if number in branches:
+            results.append(AssertionResult(message.group, segment, "unsupported", stmt, message.key))
+            continue
+        target_message, target = message, converted
+        index = lfh.message_of_assertion(stmt, names) if len(names) > 1 else None
+        if siblings is not None and index is not None:
+            target_message, target = siblings[names[index]]
+        if target.bundle is None:
             outcome = lfh.Outcome("fail", "not converted")
         else:
-            outcome = lfh.evaluate(stmt, converted.bundle)
-        results.append(AssertionResult(message.group, segment, outcome.status, stmt, message.key))
+            outcome = lfh.evaluate(stmt, target.bundle)
+        results.append(AssertionResult(message.group, segment, outcome.status, stmt, target_message.key))
     return results
+
+
+def lfh_siblings(
+    messages: Iterable[CorpusMessage], converted: Mapping[str, Converted], corpus: Path
+) -> dict[str, dict[str, tuple[CorpusMessage, Converted]]]:
+    """Each LinuxForHealth message's test-method siblings: message key → {Java variable: message}."""
+    methods: dict[str, dict[str, tuple[CorpusMessage, Converted]]] = {}
+    method_of: dict[str, str] = {}
+    for message in messages:
+        # Messages of a method that carry no statements of their own still have a sidecar.
+        sidecar_path = corpus / (message.expected or str(Path(message.file).with_suffix(".json")))
+        if message.source != LFH or not sidecar_path.is_file():
+            continue
+        sidecar = json.loads(sidecar_path.read_text(encoding="utf-8"))
+        method = f"{sidecar.get('origin_path')}#{sidecar.get('test_method')}"
+        variable = str(sidecar.get("variable") or message.key)
+        methods.setdefault(method, {}).setdefault(variable, (message, converted[message.key]))
+        method_of[message.key] = method
+    return {key: methods[method] for key, method in method_of.items()}
 
 
 # --------------------------------------------------------------------- the whole run
@@ -398,6 +436,7 @@ def run_corpus(corpus: Path) -> CorpusRun:
     messages = load_messages(corpus)
     converted = convert_all(messages, "R4B")
     run = CorpusRun(corpus, messages, converted, 0.0)
+    siblings = lfh_siblings(messages, converted, corpus)
     for message in messages:
         result = converted[message.key]
         if not message.expected:
@@ -408,6 +447,6 @@ def run_corpus(corpus: Path) -> CorpusRun:
             expected = json.loads((corpus / message.expected).read_text("utf-8"))
             run.microsoft[message.key] = score_microsoft(expected, result.bundle)
         elif message.source == LFH and message.expected_kind == "java-assertions":
-            run.lfh.extend(score_lfh(message, result, corpus))
+            run.lfh.extend(score_lfh(message, result, corpus, siblings.get(message.key)))
     run.seconds = time.perf_counter() - started
     return run

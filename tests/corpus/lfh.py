@@ -332,8 +332,25 @@ def literal_value(expr: str) -> Any:
     if enum:
         # HAPI enums print as their FHIR code: ContactPointUse.HOME → "home", NULL → null.
         name = enum.group(1)
-        return None if name == "NULL" else name.lower().replace("_", "-")
+        if name == "NULL":
+            return None
+        return _RUN_TOGETHER_CODES.get(name, name.lower().replace("_", "-"))
     raise Unsupported("expected value is not a literal")
+
+
+# HAPI enum constants whose FHIR code has hyphens the constant's name drops.
+_RUN_TOGETHER_CODES = {
+    "REPLACEDBY": "replaced-by",
+    "ENTEREDINERROR": "entered-in-error",
+    "INPROGRESS": "in-progress",
+    "ONHOLD": "on-hold",
+    "NOTDONE": "not-done",
+    "ORIGINALORDER": "original-order",
+    "REFLEXORDER": "reflex-order",
+    "FILLERORDER": "filler-order",
+    "INSTANCEORDER": "instance-order",
+    "NOTTAKEN": "not-taken",
+}
 
 
 # --------------------------------------------------------------------- evaluation
@@ -358,10 +375,18 @@ def _descendants(node: Any) -> Iterator[Any]:
             yield from _descendants(item)
 
 
+# HAPI names a primitive choice accessor after its type class: getDeceasedDateTimeType()
+# reads deceasedDateTime, hasMultipleBirthBooleanType() multipleBirthBoolean.
+_PRIMITIVE_CHOICE = re.compile(
+    r"(?<=[a-z])(Boolean|Integer|DateTime|Date|String|Decimal|Time|Instant|Code|Uri|PositiveInt|UnsignedInt)Type$"
+)
+
+
 def _key_of(getter: str) -> str:
     name = getter[3:] if getter.startswith(("get", "has")) else getter
     for suffix in ("FirstRep", "Element", "AsSingleString"):
         name = name.removesuffix(suffix)
+    name = _PRIMITIVE_CHOICE.sub(r"\1", name)
     name = name.rstrip("_")  # HAPI: getClass_() for Encounter.class
     return name[:1].lower() + name[1:]
 
@@ -373,9 +398,19 @@ def _lookup(node: Any, key: str) -> Any:
     if key in node:
         return node[key]
     for candidate, value in node.items():
-        if candidate.startswith(key) and candidate[len(key) : len(key) + 1].isupper():
+        if candidate.startswith(key) and candidate[len(key) :] in _CHOICE_TYPES:
             return value
     return _MISSING
+
+
+# The type suffixes of FHIR choice elements (value[x], onset[x] …). Not "Id": `subscriberId`
+# is its own element, not subscriber[x].
+_CHOICE_TYPES = frozenset(
+    "Boolean Integer String DateTime Date Time Instant Decimal Uri Url Canonical Code Oid Uuid "
+    "PositiveInt UnsignedInt Base64Binary Markdown Period Quantity CodeableConcept Coding Reference "
+    "Range Ratio Attachment Age Duration Address Annotation ContactPoint HumanName Identifier Money "
+    "SampledData Signature Timing Dosage Count Distance Meta Expression".split()
+)
 
 
 _SELF_ON_PRIMITIVE = frozenset(
@@ -572,6 +607,15 @@ def evaluate(stmt: str, bundle: Mapping[str, Any]) -> Outcome:
         resource_type, rest = resource_type_of(root)
         counting = statement.matcher in ("hasSize", "isEmpty", "isNotEmpty", "isNotNull")
         counts_list = _LIST_SUFFIXES.match(rest) or statement.matcher in ("hasSize", "isEmpty")
+        element = rest.removesuffix("list")
+        if resource_type and not calls and counting and element and not _RESOURCE_SUFFIXES.match(rest):
+            # A list element held in a variable: `encParticipantList` = Encounter.participant.
+            resources = _resources(bundle, resource_type)
+            lists = [_element_ignoring_case(r, element) for r in resources]
+            if any(found is not _MISSING for found in lists):
+                return _outcome(
+                    any(_check(statement.matcher, statement.args, found) for found in lists if found is not _MISSING)
+                )
         if resource_type and not calls and counting and counts_list:
             # A list of resources: `assertThat(patients).hasSize(1)`.
             count = len(_resources(bundle, resource_type))
@@ -598,6 +642,13 @@ def evaluate(stmt: str, bundle: Mapping[str, Any]) -> Outcome:
         return _outcome(any(_safe_check(statement, _safe_resolve(node, calls)) for node in starts))
     except Unsupported as exc:
         return Outcome("unsupported", str(exc))
+
+
+def _element_ignoring_case(resource: Mapping[str, Any], name: str) -> Any:
+    for key, value in resource.items():
+        if key.lower() == name and isinstance(value, list):
+            return value
+    return _MISSING
 
 
 def _safe_resolve(node: Any, calls: list[Call]) -> Any:
@@ -629,6 +680,64 @@ def assertion_segment(stmt: str) -> str:
         if resource_type:
             return SEGMENT_OF_TYPE.get(resource_type, "other")
     return "other"
+
+
+_ROOT = re.compile(r"assert\w*\s*\(\s*\(?\s*([A-Za-z_]\w*)")
+_OBJECT_MARK = re.compile(r"(?:Obj|Object|Resource)(?=[A-Z0-9])")
+_MESSAGE_MARK = re.compile(r"(?:Msg|Message)(?=[A-Z0-9])")
+
+
+def _tail(name: str, mark: re.Pattern[str]) -> str:
+    found = mark.search(name)
+    return name[found.end() :] if found else ""
+
+
+def message_of_assertion(stmt: str, variables: list[str]) -> int | None:
+    """Which of a test method's messages an assertion is about, from the variable names.
+
+    A LinuxForHealth test method may convert several messages (`patientMsgDeceasedEmpty`,
+    `patientMsgNotDeadBooleanN`, …) and check each result through its own variable
+    (`patientObjDeceasedEmpty`, …); the extracted sidecars keep every statement with the last
+    message. The root variable's tail after `Obj` names the message's tail after `Msg`
+    (exactly, else as the one message variable ending with it). None: not decidable, the
+    statement stays with the message it was extracted with.
+    """
+    match = _ROOT.search(split_comment(stmt)[0])
+    if match is None:
+        return None
+    tail = _tail(match.group(1), _OBJECT_MARK)
+    if not tail:
+        return None
+    exact = [i for i, v in enumerate(variables) if _tail(v, _MESSAGE_MARK) == tail]
+    if len(exact) == 1:
+        return exact[0]
+    ending = [i for i, v in enumerate(variables) if v.endswith(tail)]
+    return ending[0] if len(ending) == 1 else None
+
+
+def branch_dependent(stmts: list[str]) -> set[int]:
+    """Indexes of statements that contradict another one on the same subject.
+
+    A parameterized LinuxForHealth test checks one subject differently per parameter value
+    inside `if`/`switch` branches the corpus does not keep (`getSystem()` is PHONE for `PH`,
+    FAX for `FX` …); against the one extracted message at most one branch can hold, so none
+    of them can be judged.
+    """
+    expectations: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
+    parsed: list[Statement | None] = []
+    for stmt in stmts:
+        try:
+            statement = parse_statement(split_comment(stmt)[0])
+        except Unsupported:
+            parsed.append(None)
+            continue
+        parsed.append(statement)
+        expectations.setdefault(" ".join(statement.subject.split()), set()).add((statement.matcher, statement.args))
+    return {
+        i
+        for i, statement in enumerate(parsed)
+        if statement is not None and len(expectations[" ".join(statement.subject.split())]) > 1
+    }
 
 
 Evaluator = Callable[[str, Mapping[str, Any]], Outcome]

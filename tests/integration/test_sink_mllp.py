@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -211,6 +212,21 @@ class TestMllpSinkConnection:
             await sink.close()
         assert isinstance(result, TransientError)
         assert not result.ambiguous
+
+    async def test_start_does_not_wait_for_a_silent_peer(self) -> None:
+        """A peer that takes the TCP connection but never finishes the TLS handshake does not hold up start()."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes TCP; nobody ever answers the ClientHello
+        try:
+            sink = MllpSink("mllp", "router", HostPort("127.0.0.1", silent.getsockname()[1]),
+                            ssl_context=client_context(verify=False), timeout_s=30)
+            started = time.monotonic()
+            await sink.start()
+            assert time.monotonic() - started < 1.0
+            await sink.close()  # cancels the pending warm-up
+        finally:
+            silent.close()
 
     async def test_tls_peer(self, tmp_path: Path) -> None:
         """With TLS the sink verifies the peer's certificate against the configured CA and delivers."""

@@ -3,8 +3,10 @@ the broker payloads it publishes (engine/sinks/payload.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,11 +17,15 @@ import pytest
 from nats.js.client import JetStreamContext
 from pydantic import ValidationError
 
+from engine.app import Engine
+from engine.config.loader import load_config
 from engine.sinks.nats import NatsSink, NatsSinkConfig, SubjectTemplate, subject_values
 from engine.sinks.payload import HEADER_MESSAGE_ID, broker_messages, headers, payloads
 from engine.types import PermanentError, TransientError
 from tests.support.brokers import jetstream_url, nats_server, sample_exchange
 from tests.support.engine_proc import free_port
+from tests.support.messages import adt_a01
+from tests.support.mllp import exchange, msa
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +201,55 @@ class TestNatsSink:
                 await denied.close()
                 await allowed.close()
         assert isinstance(refused, TransientError)
+
+
+async def stream_messages(js: JetStreamContext, stream: str) -> int:
+    """Messages in `stream`; 0 while the sink has not created it yet (it does so in the background)."""
+    try:
+        return int((await js.stream_info(stream)).state.messages)
+    except nats.js.errors.NotFoundError:
+        return 0
+
+
+class TestEngineWithNatsSink:
+    async def test_engine_publishes_each_received_message(self, tmp_path: Path, nats_url: str,
+                                                          names: tuple[str, str], js: JetStreamContext) -> None:
+        """An engine with a nats sink: an ACKed ADT ends as one Bundle in the stream, named by its id."""
+        stream, prefix = names
+        config = tmp_path / "engine.yaml"
+        config.write_text(
+            f"""store:
+  path: {tmp_path / 'store.db'}
+admin:
+  listen: 127.0.0.1:0
+channels:
+  - name: adt
+    listen: 127.0.0.1:0
+    pipeline:
+      - type: v2_to_fhir
+        fhir_version: R4B
+    sinks:
+      - type: nats
+        servers: [{nats_url}]
+        subject: {prefix}.{{channel}}.{{message_type}}
+        stream: {stream}
+        create_stream: true
+""",
+            encoding="utf-8",
+        )
+        engine = Engine(load_config(config))
+        await engine.start()
+        try:
+            ack = await exchange("127.0.0.1", engine.channels["adt"].server.port, adt_a01("NATS1").encode())
+            assert "AA" == msa(ack)[0]
+            deadline = time.monotonic() + 15
+            while await stream_messages(js, stream) < 1:
+                assert time.monotonic() < deadline, "the Bundle never reached the stream"
+                await asyncio.sleep(0.02)
+        finally:
+            await engine.stop(5)
+        stored = await js.get_msg(stream, 1)
+        assert f"{prefix}.adt.ADT_A01" == stored.subject
+        bundle = json.loads(stored.data)
+        assert stored.headers is not None and f"adt:{bundle['id'].split('-')[-1]}" == stored.headers["Nats-Msg-Id"]
+        assert "Patient" in {entry["resource"]["resourceType"] for entry in bundle["entry"]}

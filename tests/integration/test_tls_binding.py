@@ -22,7 +22,7 @@ from engine.mllp.client import MllpClient
 from engine.mllp.server import ConnectionInfo
 from engine.mllp.tls import client_context
 from engine.pipeline.senders import SenderPolicy
-from engine.types import ConfigError, MessageQuery
+from engine.types import ConfigError, MessageHeader, MessageQuery
 from tests.integration.mllp_helpers import RawPeer, metric
 from tests.support.messages import adt_a01
 from tests.support.mllp import err_code, msa
@@ -242,7 +242,7 @@ class TestSenderConfig:
 
 
 class TestSenderPolicy:
-    def header(self, msh3: str, msh4: str, sep: str = "^") -> object:
+    def header(self, msh3: str, msh4: str, sep: str = "^") -> MessageHeader:
         encoding = f"{sep}~\\&"
         return parse_header(f"MSH|{encoding}|{msh3}|{msh4}|R|F|20260101||ADT{sep}A01|C1|P|2.5.1\r")
 
@@ -253,16 +253,16 @@ class TestSenderPolicy:
     def test_no_client_certificate_matches_nothing(self) -> None:
         """A plain connection (no certificate) is refused by any binding, even a '*' one."""
         policy = SenderPolicy([SenderBinding(cn="x", msh3=("*",))])
-        assert policy.refusal(self.header("LAB", "HOSP"), self.conn()) is not None  # type: ignore[arg-type]
+        assert policy.refusal(self.header("LAB", "HOSP"), self.conn()) is not None
 
     def test_component_separator_of_the_sender_is_honoured(self) -> None:
         """Whole-field patterns are written with '^' whatever component separator the sender uses."""
         policy = SenderPolicy([SenderBinding(cn="lab", msh3=("LAB^1.2^ISO",))])
         header = self.header("LAB$1.2$ISO", "HOSP", sep="$")
-        assert policy.refusal(header, self.conn("lab")) is None  # type: ignore[arg-type]
+        assert policy.refusal(header, self.conn("lab")) is None
 
     def test_namespace_pattern_ignores_other_components(self) -> None:
         """A pattern without components compares with MSH-3.1 only."""
         policy = SenderPolicy([SenderBinding(cn="lab", msh3=("LAB",))])
-        assert policy.refusal(self.header("LAB^1.2^ISO", "H"), self.conn("lab")) is None  # type: ignore[arg-type]
-        assert policy.refusal(self.header("LABX", "H"), self.conn("lab")) is not None  # type: ignore[arg-type]
+        assert policy.refusal(self.header("LAB^1.2^ISO", "H"), self.conn("lab")) is None
+        assert policy.refusal(self.header("LABX", "H"), self.conn("lab")) is not None

@@ -231,6 +231,65 @@ def scratch_database(server: PgServer) -> Iterator[str]:
                 time.sleep(0.2)  # a just-killed engine's sessions are still closing
 
 
+#: A witness for per-key order that does not trust the store's own lease logic: a
+#: trigger on the store's `messages` table that runs inside every leasing transaction.
+#: Whenever a row becomes `processing` with one more attempt (a lease, also of an expired
+#: lease), it records every earlier row of the same channel and ordering key that is
+#: still unfinished and was not claimed by this same transaction (xmin = this xid), as
+#: seen at that moment, and it records a lease taken from a live (unexpired) lease. A
+#: correct store never leaves a row in `lease_order_violations`.
+ORDER_AUDIT_SQL = """
+CREATE TABLE lease_order_violations (
+    leased_id bigint NOT NULL, earlier_id bigint NOT NULL, earlier_status text NOT NULL,
+    leased_by text, at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION audit_lease_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status = 'processing' AND OLD.leased_until >= extract(epoch FROM clock_timestamp()) THEN
+        -- taken from a live lease: two workers would hold one message at once
+        INSERT INTO lease_order_violations (leased_id, earlier_id, earlier_status, leased_by)
+        VALUES (NEW.id, NEW.id, 'leased-live', NEW.leased_by);
+    END IF;
+    INSERT INTO lease_order_violations (leased_id, earlier_id, earlier_status, leased_by)
+    SELECT NEW.id, e.id, e.status, NEW.leased_by FROM messages e
+    WHERE e.channel = NEW.channel AND e.ordering_key = NEW.ordering_key AND e.id < NEW.id
+      AND e.status IN ('received', 'processing', 'retry')
+      AND e.xmin::text::bigint <> txid_current() % 4294967296;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER audit_lease_order AFTER UPDATE ON messages FOR EACH ROW
+    WHEN (NEW.status = 'processing' AND NEW.attempts > OLD.attempts)
+    EXECUTE FUNCTION audit_lease_order();
+"""
+
+
+async def install_order_audit(url: str, schema: str | None = None) -> None:
+    """Add the ORDER_AUDIT_SQL witness to a store's (already migrated) tables."""
+    import asyncpg
+
+    settings = {"search_path": schema} if schema else {}
+    conn = await asyncpg.connect(url, timeout=10, server_settings=settings)
+    try:
+        await conn.execute(ORDER_AUDIT_SQL)
+    finally:
+        await conn.close()
+
+
+async def order_violations(url: str, schema: str | None = None) -> list[tuple[int, int, str]]:
+    """(leased id, earlier unfinished id, its status) for every per-key order violation seen."""
+    import asyncpg
+
+    settings = {"search_path": schema} if schema else {}
+    conn = await asyncpg.connect(url, timeout=10, server_settings=settings)
+    try:
+        rows = await conn.fetch(
+            "SELECT leased_id, earlier_id, earlier_status FROM lease_order_violations ORDER BY at"
+        )
+    finally:
+        await conn.close()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
     """URL of a database of this test session's own (skips or fails when there is no server)."""

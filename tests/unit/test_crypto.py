@@ -370,3 +370,51 @@ channels:
         assert "re-encrypted 2" in result.output
         assert {"k2"} == {key_id_of(raw) for raw in stored_raw(db)}
         assert old not in result.output and new not in result.output
+
+
+class TestEngineEncryption:
+    async def test_engine_seals_at_rest_and_delivers_plaintext(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With `encryption:` configured the engine stores ciphertext and still delivers the Bundle."""
+        from engine.app import Engine
+        from engine.config.loader import load_config
+        from tests.support.messages import adt_a01
+        from tests.support.mllp import exchange, msa
+
+        monkeypatch.setenv("TEST_ENGINE_KEY", base64.b64encode(K1).decode())
+        config = tmp_path / "engine.yaml"
+        config.write_text(f"""store:
+  path: {tmp_path / 'store.db'}
+admin:
+  listen: 127.0.0.1:0
+workers: 0
+encryption:
+  keys:
+    k1: {{env: TEST_ENGINE_KEY}}
+  active: k1
+channels:
+  - name: adt
+    listen: 127.0.0.1:0
+    pipeline:
+      - type: v2_to_fhir
+    sinks:
+      - type: file
+        path: {tmp_path / 'out.ndjson'}
+""", encoding="utf-8")
+        engine = Engine(load_config(config))
+        await engine.start()
+        try:
+            port = engine.channels["adt"].server.port
+            ack = await exchange("127.0.0.1", port, adt_a01("ENC1", family="ZZSEALED").encode())
+            assert ["AA", "ENC1"] == msa(ack)[:2]
+            out = tmp_path / "out.ndjson"
+            deadline = time.monotonic() + 15
+            while not (out.exists() and out.read_bytes().endswith(b"\n")):
+                assert time.monotonic() < deadline, "the Bundle was not delivered"
+                await asyncio.sleep(0.02)
+            assert b"ZZSEALED" in out.read_bytes()
+        finally:
+            await engine.stop(5)
+        (on_disk,) = stored_raw(tmp_path / "store.db")
+        assert ("k1", False) == (key_id_of(on_disk), b"ZZSEALED" in on_disk)

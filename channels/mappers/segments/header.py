@@ -78,6 +78,19 @@ def _organization_from_hd(ctx: MappingContext, seg: Segment, field: int, kind: s
     return ctx.add(org, seg, kind) if org is not None else None
 
 
+def _sender(msh: Segment, ctx: MappingContext) -> str | None:
+    """IG MSH[MessageHeader] rows MSH-4 → sender (HD[Organization]) and MSH-17 →
+    sender(Organization.address.country): either one makes the sender Organization (a
+    message from an unnamed facility still says which country it comes from)."""
+    org = hd_to_organization(hd_of(msh.rep(4))) or {"resourceType": "Organization"}
+    country = msh.value(17)
+    if country:
+        org["address"] = [{"country": country}]
+    elif len(org) == 1:
+        return None
+    return ctx.add(org, msh, "Organization-sender")
+
+
 @segment_mapper("MSH", summary="MSH → MessageHeader, Bundle identifier/timestamp, Provenance (IG MSH[*])")
 def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     """IG MSH[MessageHeader] rows MSH-3..MSH-25, MSH[Bundle] rows MSH-7 and MSH-10."""
@@ -130,14 +143,8 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
         else:
             destination["_endpoint"] = _absent()
         header["destination"] = [destination]
-    # MSH-4 → sender (HD[Organization]); MSH-17 → sender.address.country
-    sender = _organization_from_hd(ctx, msh, 4, "Organization-sender")
+    sender = _sender(msh, ctx)
     if sender is not None:
-        country = msh.value(17)
-        if country:
-            org = ctx.bundle.resource(sender)
-            if org is not None:
-                org.setdefault("address", []).append({"country": country})
         header["sender"] = ctx.bundle.reference(sender)
     header["source"] = _source(msh)
     # MSH-22 → responsible (XON[Organization])
@@ -163,8 +170,9 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
         ctx.bundle.bundle_fields["timestamp"] = sent_at
     elif msh.value(7):
         ctx.reject(msh, 7)  # no zone: nothing we can put in an instant
-    # IG MSH[Provenance-Source]
-    author = responsible or sender
+    # IG MSH[Provenance-Source] (message maps: "if there is a source in MSH-4"): agent[1] is
+    # the MSH-4 organisation unless MSH-22 is valued (agent[2]); R4 needs recorded and an agent.
+    author = responsible or (sender if msh.field(4) else None)
     if sent_at and author is not None:
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
@@ -236,8 +244,10 @@ def evn_to_provenance(evn: Segment, ctx: MappingContext) -> None:
         practitioner = xcn_to_practitioner(operator, s)
         if practitioner is not None:
             agent_who = ctx.add(practitioner, evn, "Practitioner-operator")
-    if agent_who is None:
-        agent_who = ctx.url_of(msh, "Organization-responsible") or ctx.url_of(msh, "Organization-sender")
+    if agent_who is None:  # IG ADT_A01 EVN row: "IF EVN-5 NOT VALUED AND (MSH-22 OR MSH-4 VALUED)"
+        agent_who = ctx.url_of(msh, "Organization-responsible") or (
+            ctx.url_of(msh, "Organization-sender") if msh.field(4) else None
+        )
     if agent_who is not None:
         provenance["agent"] = [
             {

@@ -14,11 +14,12 @@ Choices where the IG leaves room:
   carries the v2 text as ``originalText`` instead of a patient-birthTime with a guessed zone.
 - PID-19 SSN: system http://hl7.org/fhir/sid/us-ssn (the IG's URI without its trailing dot),
   type SS.
-- PID-27, PID-31, PID-32 have no FHIR target in the IG; PID-33/34 (Provenance-Patient) are
-  not mapped: they are reported as unmapped fields.
-- MRG (A40/A34/A35/A47 family): a Patient for the merged-away record (identifiers MRG-1,
-  MRG-2, MRG-4; name MRG-7; active false; link replaced-by → surviving Patient) and the
-  surviving Patient gets link replaces → it. MRG-3 → Account (IG MRG[Account], status
+- PID-27, PID-31, PID-32 have no FHIR target in the IG (reported as unmapped fields).
+- PID-33/34 → a Provenance for the Patient when PID-34 is valued (see _pid_provenance).
+- MRG (A40/A34/A35/A47 family; the IG maps only MRG[Account]): a Patient for the
+  merged-away record (identifiers MRG-1, MRG-2, MRG-4 with use old, matched on the first of
+  them; name MRG-7; active false; link replaced-by → surviving Patient) and the surviving
+  Patient gets link replaces → it, the old identifiers (searchable by them) and active true. MRG-3 → Account (IG MRG[Account], status
   unknown). MRG-5/MRG-6 (visit numbers) are left to the encounter maps.
 """
 
@@ -35,6 +36,9 @@ from channels.mappers.datatypes import (
     dln_to_identifier,
     dt_to_date,
     dtm_to_datetime,
+    dtm_to_instant,
+    hd_of,
+    hd_to_organization,
     id_to_boolean,
     nm_to_number,
     put_datetime,
@@ -58,6 +62,8 @@ CDCREC = "urn:oid:2.16.840.1.113883.6.238"
 NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
 ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 US_SSN = "http://hl7.org/fhir/sid/us-ssn"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 OMB_RACE = {
     "1002-5": "American Indian or Alaska Native",
     "2028-9": "Asian",
@@ -339,6 +345,7 @@ def pid_to_patient(pid: Segment, ctx: MappingContext) -> None:
     ctx.current["Patient"] = patient_url
     ctx.current.pop("Account", None)
     ctx.current.pop("Coverage", None)
+    _pid_provenance(pid, ctx, patient_url)
     # PID-18 → Account (IG PID[Account])
     if pid.field(18):
         account_ids = _identifiers(pid, 18, s)
@@ -360,6 +367,39 @@ def pid_to_patient(pid: Segment, ctx: MappingContext) -> None:
             "relationship": [{"coding": [{"system": ROLE_CODE, "code": "MTH", "display": "mother"}]}],
         }
         ctx.add(mother, pid, "RelatedPerson-mother")
+
+
+def _pid_provenance(pid: Segment, ctx: MappingContext, patient_url: str) -> None:
+    """IG PID[Provenance-Patient] (message maps: "IF PID-33 AND PID-34 VALUED", and the IG note
+    "one may drop PID-33 from the condition"): emitted when PID-34 (last update facility)
+    is valued. PID-33 → occurredDateTime; PID-34 → agent.who (HD[Organization], type
+    performer); activity v3-DataOperation UPDATE. ``recorded`` is the IG's "time of
+    transformation", which would make a replay differ: MSH-7 (else PID-33) stands in, and
+    without a zone for either the Provenance cannot be valid and is not emitted."""
+    s = ctx.settings
+    facility = hd_to_organization(hd_of(pid.rep(34))) if pid.field(34) else None
+    last_update = pid.value(33)
+    if facility is None:
+        return  # PID-33 alone stays unmapped (reported)
+    recorded = dtm_to_instant(ctx.message.msh.value(7), s) or dtm_to_instant(last_update, s)
+    if recorded is None:
+        ctx.reject(pid, 34)
+        return
+    provenance: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "target": [ctx.bundle.reference(patient_url)],
+        "recorded": recorded,
+        "activity": {"coding": [{"system": DATA_OPERATION, "code": "UPDATE"}]},
+        "agent": [
+            {
+                "type": {"coding": [{"system": PARTICIPANT_TYPE, "code": "performer"}]},
+                "who": ctx.bundle.reference(ctx.add(facility, pid, "Organization-last-update")),
+            }
+        ],
+    }
+    if last_update and not put_datetime(provenance, "occurredDateTime", last_update, s):
+        ctx.reject(pid, 33)
+    ctx.add(provenance, pid, "Provenance-patient")
 
 
 # ---------------------------------------------------------------- PD1
@@ -519,23 +559,31 @@ def nk1_to_related_person(nk1: Segment, ctx: MappingContext) -> None:
 
 @segment_mapper("MRG", summary="MRG → merged Patient + Patient.link, Account (IG MRG[Account])")
 def mrg_to_patient_link(mrg: Segment, ctx: MappingContext) -> None:
-    """A40 merge: MRG-1/-2/-4 → the prior Patient's identifiers, MRG-7 → its name; links
-    replaces / replaced-by between it and the surviving Patient (PID); MRG-3 → Account."""
+    """A40 merge: MRG-1/-2/-4 → the prior Patient's identifiers (use old), MRG-7 → its name,
+    active false; links replaces / replaced-by between it and the surviving Patient (PID),
+    which also gets the prior identifiers (use old) and active true; MRG-3 → Account."""
     s = ctx.settings
     survivor_url = ctx.require_patient(mrg)
     identifiers = _identifiers(mrg, 1, s) + _identifiers(mrg, 2, s) + _identifiers(mrg, 4, s)
     if not identifiers and ctx.event in _PATIENT_MERGE_EVENTS:
         raise MappingError("prior patient identifier missing", segment="MRG", field="1")
     if identifiers:  # A06/A07 etc. carry only prior account/visit numbers
-        prior: dict[str, Any] = {"resourceType": "Patient", "identifier": identifiers, "active": False}
+        # The prior record is matched on its identifier as it stands on the server; in the
+        # Bundle its identifiers become "old" (no longer valid, still searchable).
+        match = next((dict(i) for i in identifiers if i.get("system")), dict(identifiers[0]))
+        old = [{**i, "use": "old"} for i in identifiers]
+        prior: dict[str, Any] = {"resourceType": "Patient", "identifier": old, "active": False}
         names = _names(mrg, 7, s)
         if names:
             prior["name"] = names
         prior["link"] = [{"other": ctx.bundle.reference(survivor_url), "type": "replaced-by"}]
-        prior_url = ctx.add(prior, mrg, "Patient-prior")
+        prior_url = ctx.add(prior, mrg, "Patient-prior", match=match)
         survivor = ctx.bundle.resource(survivor_url)
         if survivor is not None and prior_url != survivor_url:
             survivor.setdefault("link", []).append({"other": ctx.bundle.reference(prior_url), "type": "replaces"})
+            survivor["active"] = True
+            known = survivor.setdefault("identifier", [])
+            known.extend(_clone(i) for i in old if i not in known)
     accounts = _identifiers(mrg, 3, s)
     if accounts:
         account = {

@@ -1,0 +1,723 @@
+"""`python -m bench.backlog`: backlog and memory behaviour of the engine (issue #6).
+
+The engine runs as a separate process on a temporary SQLite store with one channel
+whose `file` sink is down: it writes to /dev/full, so every write fails with ENOSPC,
+which the sink classifies as transient (engine/sinks/file.py) and the runner retries
+with backoff. With the sink down, N messages are sent over MLLP by C senders that each
+wait for their ACK (bench/loadgen.py): that is the backlog build-up, measured in chunks
+so a slowdown as the table grows shows. Then K idle MLLP connections are opened and
+the engine is left alone for a while (CPU and RSS with backlog + idle connections +
+sink down). Then the sink recovers: the config is rewritten to a real file and applied
+with POST /api/reload (or by restarting the engine, `--recover restart`), and the
+backlog drains until the NDJSON file holds one Bundle line per ACKed message.
+
+Throughout, a sampler thread reads every `--sample-interval` seconds: the summed
+VmRSS (and Pss) of the engine and its child processes (/proc/<pid>/status,
+smaps_rollup; the worker pool is children of the engine), their CPU time, and
+hl7engine_queue_depth and hl7engine_connections_open from /metrics.
+
+Targets (issue #6): <= 150 MB RSS with 1,000 idle connections and a 100,000-message
+backlog; the backlog drains with flat memory; ingestion stays responsive while a sink
+is down (ACK p99; the custody target is <= 10 ms at C = 64).
+
+Waiting here is polling with a deadline: the engine is another process, there is no
+event to wait on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from bench.engine_proc import DEFAULT_ENGINE_COMMAND, REPO_ROOT, EngineProcess, ProcessUnavailable
+from bench.idle import IdleConnections, raise_fd_limit
+from bench.loadgen import LoadResult, run_load, run_sync, uvloop_available
+from bench.messages import MessageSource, builtin_templates
+
+SCHEMA_VERSION = 1
+CHANNEL = "bench"
+#: A sink target that accepts open() but fails every write with ENOSPC (Linux).
+DOWN_SINK = Path("/dev/full")
+_MB = 1024 * 1024
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_POLL_S = 0.05
+
+# Targets of issue #6, as numbers the verdicts compare against.
+TARGET_RSS_MB = 150.0
+TARGET_INGEST_P99_MS = 10.0
+#: "Flat" memory while draining: peak minus the RSS when the drain started.
+TARGET_DRAIN_GROWTH_MB = 20.0
+
+ENGINE_CONFIG = """\
+store:
+  path: {store}
+admin:
+  listen: 127.0.0.1:{admin_port}
+channels:
+  - name: {channel}
+    listen: 127.0.0.1:{mllp_port}
+    ack: on_commit
+    limits:
+      max_connections_per_peer: {per_peer}
+      max_connections: {per_peer}
+    retry:
+      initial_s: {retry_s}
+      max_s: {retry_s}
+      max_attempts: 1000000
+    pipeline:
+      - type: v2_to_fhir
+        fhir_version: R4B
+    sinks:
+      - type: file
+        path: {sink}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogSettings:
+    """One backlog run. Defaults are the issue #6 scenario."""
+
+    messages: int = 100_000
+    idle_connections: int = 1_000
+    connections: int = 64
+    chunks: int = 10
+    retry_s: float = 2.0
+    quiet_s: float = 5.0
+    sample_interval_s: float = 0.5
+    drain_timeout_s: float = 900.0
+    ack_timeout_s: float = 10.0
+    recover: Literal["reload", "restart"] = "reload"
+    use_uvloop: bool = True
+    keep_workdir: bool = False
+    engine_command: tuple[str, ...] = DEFAULT_ENGINE_COMMAND
+
+
+# ------------------------------------------------------------------ the engine
+
+
+class BacklogEngine(EngineProcess):
+    """The bench engine with a retry policy, room for K idle connections, and a switchable sink.
+
+    `sink_path` (where Bundles land once the sink works) stays the file `delivered()` counts;
+    `sink_target` is what the config currently points the sink at.
+    """
+
+    def __init__(self, workdir: Path, settings: BacklogSettings) -> None:
+        super().__init__(workdir, command=settings.engine_command)
+        self.settings = settings
+        self.sink_target = DOWN_SINK
+
+    def write_config(self) -> Path:
+        # Every sender is the one peer 127.0.0.1: the per-peer bound must admit all of them.
+        per_peer = self.settings.connections + self.settings.idle_connections + 16
+        self.config_path.write_text(
+            ENGINE_CONFIG.format(
+                store=self.workdir / "hl7engine.db",
+                admin_port=self.admin_port,
+                channel=CHANNEL,
+                mllp_port=self.mllp_port,
+                per_peer=per_peer,
+                retry_s=self.settings.retry_s,
+                sink=self.sink_target,
+            ),
+            encoding="utf-8",
+        )
+        return self.config_path
+
+    def use_sink(self, target: Path) -> None:
+        self.sink_target = target
+        self.write_config()
+
+    def reload(self) -> None:
+        """POST /api/reload (the admin API is open on loopback when no tokens are configured)."""
+        response = httpx.post(f"http://127.0.0.1:{self.admin_port}/api/reload", timeout=30.0)
+        if response.status_code != 200:
+            raise ProcessUnavailable(f"reload refused: HTTP {response.status_code} {response.text[:200]}")
+
+
+# ------------------------------------------------------------------ sampling
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of the engine's process tree and its gauges."""
+
+    t: float  # seconds since the run started
+    phase: str
+    rss_bytes: int  # summed VmRSS of the engine and its descendants
+    pss_bytes: int | None  # summed Pss (shared pages split between processes)
+    main_rss_bytes: int
+    processes: int
+    cpu_main_s: float
+    cpu_children_s: float
+    queue_depth: float | None
+    connections_open: float | None
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants, from /proc/<pid>/task/*/children (Linux)."""
+    found = [pid]
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                kids = [int(k) for k in children.read_text().split()]
+                found.extend(kids)
+                pending.extend(kids)
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    return None
+
+
+def _pss_kb(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return None
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of one process (/proc/<pid>/stat fields 14 and 15)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return 0.0
+
+
+_GAUGE_RE = re.compile(rb'^(hl7engine_queue_depth|hl7engine_connections_open)\{channel="([^"]*)"\} (\S+)$', re.M)
+
+
+def scrape_gauges(client: httpx.Client, admin_port: int, channel: str = CHANNEL) -> dict[str, float]:
+    """hl7engine_queue_depth and hl7engine_connections_open of `channel` ({} when unreachable)."""
+    try:
+        body = client.get(f"http://127.0.0.1:{admin_port}/metrics").content
+    except httpx.HTTPError:
+        return {}
+    return {
+        m.group(1).decode(): float(m.group(3))
+        for m in _GAUGE_RE.finditer(body)
+        if m.group(2).decode() == channel
+    }
+
+
+class Sampler:
+    """A thread reading the engine every `interval_s`; `phase` labels the samples taken."""
+
+    def __init__(self, engine: BacklogEngine, interval_s: float) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self.phase = "start"
+        self.samples: list[Sample] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backlog-sampler", daemon=True)
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def snapshot(self) -> list[Sample]:
+        with self._lock:
+            return list(self.samples)
+
+    def take(self, client: httpx.Client) -> Sample | None:
+        process = self.engine.process
+        if process is None or process.poll() is not None:
+            return None
+        pids = process_tree(process.pid)
+        rss = [_status_kb(pid, "VmRSS:") or 0 for pid in pids]
+        pss = [_pss_kb(pid) for pid in pids]
+        gauges = scrape_gauges(client, self.engine.admin_port)
+        sample = Sample(
+            t=round(self.now(), 3),
+            phase=self.phase,
+            rss_bytes=sum(rss) * 1024,
+            pss_bytes=None if None in pss else sum(p or 0 for p in pss) * 1024,
+            main_rss_bytes=rss[0] * 1024,
+            processes=len(pids),
+            cpu_main_s=_cpu_s(pids[0]),
+            cpu_children_s=sum(_cpu_s(pid) for pid in pids[1:]),
+            queue_depth=gauges.get("hl7engine_queue_depth"),
+            connections_open=gauges.get("hl7engine_connections_open"),
+        )
+        with self._lock:
+            self.samples.append(sample)
+        return sample
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=1.0) as client:
+            while True:
+                self.take(client)
+                if self._stop.wait(self.interval_s):  # periodic sampling, not synchronisation
+                    return
+
+
+# ------------------------------------------------------------------ phases
+
+
+def build_backlog(settings: BacklogSettings, engine: BacklogEngine, source: MessageSource) -> list[LoadResult]:
+    """N messages over C waiting senders, in `chunks` runs so per-chunk rates show any slowdown."""
+    per_chunk = -(-settings.messages // settings.chunks)
+    results: list[LoadResult] = []
+    remaining = settings.messages
+    while remaining > 0:
+        count = min(per_chunk, remaining)
+        result = run_sync(
+            run_load(
+                "127.0.0.1",
+                engine.mllp_port,
+                target="engine",
+                connections=settings.connections,
+                source=source,
+                max_messages=count,
+                max_duration_s=max(60.0, count / 100),  # a hard bound; the count ends a healthy run
+                ack_timeout_s=settings.ack_timeout_s,
+            ),
+            use_uvloop=settings.use_uvloop,
+        )
+        results.append(result)
+        remaining -= count
+        _say(f"  chunk {len(results)}: {result.accepted}/{count} AA, {result.msgs_per_s:,.0f} msgs/s, "
+             f"p99 {result.p99_ms:.1f} ms, errors {result.errors}")
+        if result.sent < count:
+            break  # the engine stopped answering: later chunks would only repeat the failure
+    return results
+
+
+def wait_for_gauge(
+    sampler: Sampler, predicate: Callable[[Sample], bool], timeout_s: float
+) -> Sample | None:
+    """Poll the sampler's readings until one satisfies `predicate` (or the deadline passes)."""
+    deadline = time.monotonic() + timeout_s
+    seen = len(sampler.snapshot())
+    while time.monotonic() < deadline:
+        samples = sampler.snapshot()
+        for sample in samples[seen:]:
+            if predicate(sample):
+                return sample
+        seen = len(samples)
+        time.sleep(_POLL_S)
+    return None
+
+
+def hold(seconds: float) -> None:
+    """Leave the engine alone for a measured interval (the sampler reads it meanwhile)."""
+    time.sleep(seconds)
+
+
+def drain(
+    settings: BacklogSettings, engine: BacklogEngine, expected: int
+) -> dict[str, Any]:
+    """Poll the sink file until `expected` Bundle lines; the timeline shows whether the rate holds."""
+    started = time.monotonic()
+    deadline = started + settings.drain_timeout_s
+    timeline: list[tuple[float, int]] = []
+    count = engine.delivered()
+    first_line_at: float | None = None
+    last_change = started
+    next_mark = started
+    while count < expected and time.monotonic() < deadline:
+        if engine.process is not None and engine.process.poll() is not None:
+            break
+        time.sleep(_POLL_S)
+        now_count = engine.delivered()
+        now = time.monotonic()
+        if now_count != count:
+            if first_line_at is None:
+                first_line_at = now
+            count, last_change = now_count, now
+        if now >= next_mark:
+            timeline.append((round(now - started, 2), count))
+            next_mark = now + 1.0
+    timeline.append((round(last_change - started, 2), count))
+    flowing = last_change - first_line_at if first_line_at is not None else 0.0
+    return {
+        "expected": expected,
+        "delivered": count,
+        "complete": count >= expected,
+        "seconds": round(last_change - started, 3),
+        "first_line_after_s": None if first_line_at is None else round(first_line_at - started, 3),
+        "delivered_per_s": round(count / max(last_change - started, 1e-9), 1),
+        "flowing_per_s": round(count / flowing, 1) if flowing > 0 else None,
+        "timeline": timeline,
+    }
+
+
+def sink_ids(path: Path) -> tuple[int, int]:
+    """(lines, distinct Bundle ids) in the NDJSON sink; the runner sets Bundle.id = <channel>-<message id>."""
+    tail_id = re.compile(rb'"id":"([^"]+)"\}\s*$')
+    ids: set[bytes] = set()
+    lines = 0
+    with contextlib.suppress(FileNotFoundError), path.open("rb") as sink:
+        for line in sink:
+            lines += 1
+            match = tail_id.search(line[-96:])
+            if match is not None:
+                ids.add(match.group(1))
+                continue
+            with contextlib.suppress(ValueError, AttributeError):
+                ident = json.loads(line).get("id")
+                if isinstance(ident, str):
+                    ids.add(ident.encode())
+    return lines, len(ids)
+
+
+# ------------------------------------------------------------------ summary
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else round(value / _MB, 1)
+
+
+def _phase(samples: Sequence[Sample], *phases: str) -> list[Sample]:
+    return [s for s in samples if s.phase in phases]
+
+
+def cpu_percent(samples: Sequence[Sample]) -> dict[str, float | None]:
+    """CPU use of the engine (main process, children) over a run of samples, in % of one core."""
+    if len(samples) < 2:
+        return {"main": None, "children": None}
+    first, last = samples[0], samples[-1]
+    span = max(last.t - first.t, 1e-9)
+    return {
+        "main": round(100 * (last.cpu_main_s - first.cpu_main_s) / span, 1),
+        "children": round(100 * (last.cpu_children_s - first.cpu_children_s) / span, 1),
+    }
+
+
+def rss_summary(samples: Sequence[Sample]) -> dict[str, Any]:
+    if not samples:
+        return {}
+    rss = [s.rss_bytes for s in samples]
+    pss = [s.pss_bytes for s in samples if s.pss_bytes is not None]
+    return {
+        "rss_start_mb": _mb(rss[0]),
+        "rss_peak_mb": _mb(max(rss)),
+        "rss_end_mb": _mb(rss[-1]),
+        "pss_peak_mb": _mb(max(pss)) if pss else None,
+        "main_rss_peak_mb": _mb(max(s.main_rss_bytes for s in samples)),
+        "processes": max(s.processes for s in samples),
+    }
+
+
+def rss_slope_mb_per_min(samples: Sequence[Sample]) -> float | None:
+    """Least-squares slope of the summed RSS over time: ~0 when memory is flat."""
+    if len(samples) < 3:
+        return None
+    ts = [s.t for s in samples]
+    ys = [s.rss_bytes / _MB for s in samples]
+    mean_t, mean_y = sum(ts) / len(ts), sum(ys) / len(ys)
+    var = sum((t - mean_t) ** 2 for t in ts)
+    if var == 0:
+        return None
+    cov = sum((t - mean_t) * (y - mean_y) for t, y in zip(ts, ys, strict=True))
+    return round(60 * cov / var, 2)
+
+
+def build_summary(results: Sequence[LoadResult]) -> dict[str, Any]:
+    elapsed = sum(r.elapsed_s for r in results)
+    accepted = sum(r.accepted for r in results)
+    return {
+        "sent": sum(r.sent for r in results),
+        "accepted": accepted,
+        "not_accepted": sum(r.rejected + r.mismatched for r in results),
+        "errors": sum(r.errors for r in results),
+        "elapsed_s": round(elapsed, 3),
+        "msgs_per_s": round(accepted / elapsed, 1) if elapsed else 0.0,
+        "worst_chunk_p99_ms": max((r.p99_ms for r in results), default=0.0),
+        "max_ms": max((r.max_ms for r in results), default=0.0),
+        "first_chunk_msgs_per_s": results[0].msgs_per_s if results else 0.0,
+        "last_chunk_msgs_per_s": results[-1].msgs_per_s if results else 0.0,
+        "chunks": [r.to_json() for r in results],
+    }
+
+
+def verdicts(result: dict[str, Any], settings: BacklogSettings) -> dict[str, Any]:
+    build, drained, idle = result["build"], result["drain"], result["idle"]
+    rss_target_mb = idle.get("rss_peak_mb")
+    growth = drained.get("rss_growth_mb")
+    return {
+        "all_acked": build["accepted"] == settings.messages and build["errors"] == 0,
+        "drained_complete": drained["complete"],
+        "no_duplicates": drained.get("distinct_ids") == drained.get("sink_lines"),
+        "queue_depth_back_to_zero": result["queue_depth"]["final"] == 0,
+        "idle_connections_kept": idle.get("still_open_after_drain") == idle.get("opened"),
+        f"rss_backlog_plus_idle_le_{TARGET_RSS_MB:.0f}mb": (
+            rss_target_mb is not None and rss_target_mb <= TARGET_RSS_MB
+        ),
+        f"drain_rss_growth_le_{TARGET_DRAIN_GROWTH_MB:.0f}mb": growth is not None and growth <= TARGET_DRAIN_GROWTH_MB,
+        f"ingest_p99_while_sink_down_le_{TARGET_INGEST_P99_MS:.0f}ms": (
+            build["worst_chunk_p99_ms"] <= TARGET_INGEST_P99_MS
+        ),
+    }
+
+
+# ------------------------------------------------------------------ the run
+
+
+def run_backlog(
+    settings: BacklogSettings, workdir: Path | None = None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """The whole scenario; returns the JSON-ready result (raises ProcessUnavailable if the engine fails)."""
+    say = progress or _say
+    own_workdir = workdir is None
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="hl7engine-backlog-"))
+    raise_fd_limit(settings.connections + settings.idle_connections)
+    source = MessageSource(builtin_templates())
+    engine = BacklogEngine(workdir, settings)
+    result: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "engine_command"},
+        "message_bytes": round(source.mean_size, 1),
+    }
+    idle: IdleConnections | None = None
+    try:
+        engine.start()
+        result["ready_s"] = round(engine.wait_ready(), 2)
+        with Sampler(engine, settings.sample_interval_s) as sampler:
+            hold(min(1.0, settings.quiet_s))
+
+            sampler.phase = "build"
+            say(f"backlog: {settings.messages} messages over C={settings.connections}, sink down ({DOWN_SINK})")
+            build = build_summary(build_backlog(settings, engine, source))
+            result["build"] = build
+            expected = build["accepted"]
+
+            sampler.phase = "idle"
+            depth = wait_for_gauge(sampler, lambda s: (s.queue_depth or 0) >= expected, 15.0)
+            idle = IdleConnections("127.0.0.1", engine.mllp_port, settings.idle_connections)
+            opened = idle.open()
+            registered = wait_for_gauge(
+                sampler, lambda s: (s.connections_open or 0) >= opened, 15.0
+            )
+            probe = idle.probe(source)
+            expected += probe in ("AA", "CA")
+            say(f"idle: {opened} connections open ({idle.connect_failures} failed), probe ACK {probe or 'none'}; "
+                f"holding {settings.quiet_s:.0f} s")
+            hold(settings.quiet_s)
+            idle_samples = _phase(sampler.snapshot(), "idle")
+            result["idle"] = {
+                "opened": opened,
+                "connect_failures": idle.connect_failures,
+                "registered_by_engine": registered is not None,
+                "probe_ack": probe,
+                "queue_depth_seen": None if depth is None else depth.queue_depth,
+                "sink_lines_while_down": engine.delivered(),
+                **rss_summary(idle_samples[-max(2, int(settings.quiet_s / settings.sample_interval_s)):]),
+                "engine_cpu_percent": cpu_percent(
+                    [s for s in idle_samples if registered is None or s.t >= registered.t]
+                ),
+            }
+
+            sampler.phase = "recover"
+            engine.use_sink(engine.sink_path)
+            recover_at = sampler.now()
+            if settings.recover == "reload":
+                engine.reload()
+            else:
+                engine.stop()
+                engine.log_path = workdir / "engine-restarted.log"
+                engine.start()
+                result["restart_ready_s"] = round(engine.wait_ready(), 2)
+                idle.close()
+                idle = IdleConnections("127.0.0.1", engine.mllp_port, settings.idle_connections)
+                idle.open()
+            say(f"sink recovered by {settings.recover}; draining {expected} messages")
+
+            sampler.phase = "drain"
+            drained = drain(settings, engine, expected)
+            sampler.phase = "settle"
+            final = wait_for_gauge(sampler, lambda s: s.queue_depth == 0, 15.0)
+            samples = sampler.snapshot()
+
+        drain_samples = [s for s in samples if s.phase == "drain"]
+        summary = rss_summary(drain_samples)
+        drained.update(
+            recover_s=round(drain_samples[0].t - recover_at, 3) if drain_samples else None,
+            **summary,
+            rss_growth_mb=(
+                round(summary["rss_peak_mb"] - summary["rss_start_mb"], 1) if summary else None
+            ),
+            rss_slope_mb_per_min=rss_slope_mb_per_min(drain_samples),
+            engine_cpu_percent=cpu_percent(drain_samples),
+        )
+        result["idle"]["still_open_after_drain"] = idle.still_open()
+        depths = [s.queue_depth for s in samples if s.queue_depth is not None]
+        result["queue_depth"] = {
+            "max": max(depths, default=None),
+            "final": None if final is None else final.queue_depth,
+        }
+        result["peak"] = rss_summary(samples)
+        result["samples"] = [_compact(s) for s in samples]
+        result["drain"] = drained
+    finally:
+        if idle is not None:
+            idle.close()
+        stopped = engine.stop()
+        if stopped is not None:
+            result["stop"] = {"exit_code": stopped.exit_code, "forced_kill": stopped.forced,
+                              "seconds": stopped.seconds, "clean": stopped.clean}
+        result["log_tail"] = engine.log_tail(3)
+    lines, distinct = sink_ids(engine.sink_path)
+    result["drain"].update(sink_lines=lines, distinct_ids=distinct)
+    result["store_mb"] = _mb(sum(p.stat().st_size for p in workdir.glob("hl7engine.db*")))
+    result["verdicts"] = verdicts(result, settings)
+    if own_workdir and not settings.keep_workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        result["workdir"] = str(workdir)
+    return result
+
+
+def _compact(sample: Sample) -> list[Any]:
+    """[t, phase, rss MB, pss MB, queue depth, connections open, cpu main s, cpu children s]."""
+    return [sample.t, sample.phase, _mb(sample.rss_bytes), _mb(sample.pss_bytes), sample.queue_depth,
+            sample.connections_open, round(sample.cpu_main_s, 2), round(sample.cpu_children_s, 2)]
+
+
+# ------------------------------------------------------------------ output
+
+
+def format_table(result: dict[str, Any]) -> str:
+    s, build, idle, drained = result["settings"], result["build"], result["idle"], result["drain"]
+    cpu_idle, cpu_drain = idle["engine_cpu_percent"], drained["engine_cpu_percent"]
+    lines = [
+        f"backlog: {s['messages']:,} messages (~{result['message_bytes']:.0f} bytes) over C={s['connections']}, "
+        f"{s['idle_connections']} idle connections, sink down = {DOWN_SINK}, recover by {s['recover']}",
+        "",
+        f"{'phase':<34}{'value':>16}",
+        f"{'build-up ACK msgs/s (sink down)':<34}{build['msgs_per_s']:>16,.0f}",
+        f"{'  first / last chunk msgs/s':<34}"
+        f"{build['first_chunk_msgs_per_s']:>8,.0f} /{build['last_chunk_msgs_per_s']:>6,.0f}",
+        f"{'  worst chunk p99 / max ACK ms':<34}{build['worst_chunk_p99_ms']:>8.1f} /{build['max_ms']:>6.0f}",
+        f"{'  accepted / errors':<34}{build['accepted']:>8} /{build['errors']:>6}",
+        f"{'queue depth max (metric)':<34}{_num(result['queue_depth']['max']):>16}",
+        f"{'store on disk MB':<34}{_num(result.get('store_mb')):>16}",
+        f"{'idle connections open / probe':<34}{idle['opened']:>10} / {idle['probe_ack'] or '-':>3}",
+        f"{'RSS backlog+idle, sink down MB':<34}{_num(idle.get('rss_peak_mb')):>16}",
+        f"{'  Pss / engine main RSS MB':<34}{_num(idle.get('pss_peak_mb')):>8} /"
+        f"{_num(idle.get('main_rss_peak_mb')):>6}",
+        f"{'  engine CPU % main / workers':<34}{_num(cpu_idle['main']):>8} /{_num(cpu_idle['children']):>6}",
+        f"{'drain msgs/s (from recovery)':<34}{drained['delivered_per_s']:>16,.0f}",
+        f"{'  while flowing msgs/s':<34}{_num(drained.get('flowing_per_s')):>16}",
+        f"{'  delivered / expected':<34}{drained['delivered']:>8} /{drained['expected']:>6}",
+        f"{'  seconds (first line after)':<34}{drained['seconds']:>8.1f} /{_num(drained['first_line_after_s']):>6}",
+        f"{'  RSS start / peak / end MB':<34}{_num(drained.get('rss_start_mb')):>6} /"
+        f"{_num(drained.get('rss_peak_mb')):>5} /{_num(drained.get('rss_end_mb')):>5}",
+        f"{'  RSS growth MB, slope MB/min':<34}{_num(drained.get('rss_growth_mb')):>8} /"
+        f"{_num(drained.get('rss_slope_mb_per_min')):>6}",
+        f"{'  engine CPU % main / workers':<34}{_num(cpu_drain['main']):>8} /{_num(cpu_drain['children']):>6}",
+        f"{'peak RSS whole run MB':<34}{_num(result['peak'].get('rss_peak_mb')):>16}",
+        "",
+        "targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in result["verdicts"].items()),
+    ]
+    if "restart_ready_s" in result:
+        lines.insert(-2, f"{'restart to ready s':<34}{result['restart_ready_s']:>16.2f}")
+    stop = result.get("stop")
+    if stop:
+        lines.append(f"engine stop on SIGTERM: exit {stop['exit_code']} in {stop['seconds']:.2f} s"
+                     f"{' (needed SIGKILL)' if stop['forced_kill'] else ''}")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ main
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[BacklogSettings, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m bench.backlog", description=__doc__.splitlines()[0])
+    defaults = BacklogSettings()
+    parser.add_argument("--messages", type=int, default=defaults.messages, help="backlog size N")
+    parser.add_argument("--idle-connections", type=int, default=defaults.idle_connections, help="idle MLLP K")
+    parser.add_argument("--connections", type=int, default=defaults.connections, help="senders C")
+    parser.add_argument("--chunks", type=int, default=defaults.chunks, help="build-up measured in this many runs")
+    parser.add_argument("--retry-s", type=float, default=defaults.retry_s, help="sink retry interval")
+    parser.add_argument("--quiet-s", type=float, default=defaults.quiet_s, help="seconds idle before recovery")
+    parser.add_argument("--sample-interval", type=float, default=defaults.sample_interval_s)
+    parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_s)
+    parser.add_argument("--recover", choices=("reload", "restart"), default=defaults.recover)
+    parser.add_argument("--no-uvloop", action="store_true", help="plain asyncio loop in the load generator")
+    parser.add_argument("--engine-command", default=None, help="how to start the engine ('run -c …' appended)")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep the temp store and sink (debug)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON result (default bench/results/backlog-<ts>.json)")
+    args = parser.parse_args(argv)
+    settings = replace(
+        defaults,
+        messages=args.messages,
+        idle_connections=args.idle_connections,
+        connections=args.connections,
+        chunks=max(1, args.chunks),
+        retry_s=args.retry_s,
+        quiet_s=args.quiet_s,
+        sample_interval_s=args.sample_interval,
+        drain_timeout_s=args.drain_timeout,
+        recover=args.recover,
+        use_uvloop=not args.no_uvloop and uvloop_available(),
+        keep_workdir=args.keep_workdir,
+        engine_command=tuple(args.engine_command.split()) if args.engine_command else DEFAULT_ENGINE_COMMAND,
+    )
+    return settings, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    settings, args = parse_args(argv)
+    try:
+        result = run_backlog(settings)
+    except ProcessUnavailable as error:
+        print(f"engine unavailable: {error}", file=sys.stderr)
+        return 1
+    result["command"] = ["python", "-m", "bench.backlog", *argv]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or REPO_ROOT / "bench" / "results" / f"backlog-{stamp}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(format_table(result))
+    print(f"\nresult: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
