@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import re
 import shutil
 import sys
@@ -62,6 +63,8 @@ TARGET_RSS_MB = 150.0
 TARGET_INGEST_P99_MS = 10.0
 #: "Flat" memory while draining: peak minus the RSS when the drain started.
 TARGET_DRAIN_GROWTH_MB = 20.0
+#: Waiting for a down sink should cost (almost) nothing: engine main-process CPU while quiet.
+TARGET_QUIET_CPU_PERCENT = 10.0
 
 ENGINE_CONFIG = """\
 store:
@@ -96,6 +99,7 @@ class BacklogSettings:
     idle_connections: int = 1_000
     connections: int = 64
     chunks: int = 10
+    reference: int = 10_000  # messages sent with the sink working first, for comparison; 0 = skip
     retry_s: float = 2.0
     quiet_s: float = 5.0
     sample_interval_s: float = 0.5
@@ -286,35 +290,6 @@ class Sampler:
 # ------------------------------------------------------------------ phases
 
 
-def build_backlog(settings: BacklogSettings, engine: BacklogEngine, source: MessageSource) -> list[LoadResult]:
-    """N messages over C waiting senders, in `chunks` runs so per-chunk rates show any slowdown."""
-    per_chunk = -(-settings.messages // settings.chunks)
-    results: list[LoadResult] = []
-    remaining = settings.messages
-    while remaining > 0:
-        count = min(per_chunk, remaining)
-        result = run_sync(
-            run_load(
-                "127.0.0.1",
-                engine.mllp_port,
-                target="engine",
-                connections=settings.connections,
-                source=source,
-                max_messages=count,
-                max_duration_s=max(60.0, count / 100),  # a hard bound; the count ends a healthy run
-                ack_timeout_s=settings.ack_timeout_s,
-            ),
-            use_uvloop=settings.use_uvloop,
-        )
-        results.append(result)
-        remaining -= count
-        _say(f"  chunk {len(results)}: {result.accepted}/{count} AA, {result.msgs_per_s:,.0f} msgs/s, "
-             f"p99 {result.p99_ms:.1f} ms, errors {result.errors}")
-        if result.sent < count:
-            break  # the engine stopped answering: later chunks would only repeat the failure
-    return results
-
-
 def wait_for_gauge(
     sampler: Sampler, predicate: Callable[[Sample], bool], timeout_s: float
 ) -> Sample | None:
@@ -336,14 +311,17 @@ def hold(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def drain(
-    settings: BacklogSettings, engine: BacklogEngine, expected: int
-) -> dict[str, Any]:
-    """Poll the sink file until `expected` Bundle lines; the timeline shows whether the rate holds."""
+def wait_drained(engine: BacklogEngine, expected: int, timeout_s: float) -> dict[str, Any]:
+    """Poll the sink file until it holds `expected` Bundle lines in all.
+
+    Rates count only the lines added while waiting. `flowing_per_s` starts at the first
+    new line, so it leaves out the wait for the sink's next retry; the per-second
+    timeline shows whether the rate holds as the backlog shrinks.
+    """
     started = time.monotonic()
-    deadline = started + settings.drain_timeout_s
+    deadline = started + timeout_s
+    before = count = engine.delivered()
     timeline: list[tuple[float, int]] = []
-    count = engine.delivered()
     first_line_at: float | None = None
     last_change = started
     next_mark = started
@@ -354,13 +332,13 @@ def drain(
         now_count = engine.delivered()
         now = time.monotonic()
         if now_count != count:
-            if first_line_at is None:
-                first_line_at = now
+            first_line_at = now if first_line_at is None else first_line_at
             count, last_change = now_count, now
         if now >= next_mark:
-            timeline.append((round(now - started, 2), count))
+            timeline.append((round(now - started, 2), count - before))
             next_mark = now + 1.0
-    timeline.append((round(last_change - started, 2), count))
+    timeline.append((round(last_change - started, 2), count - before))
+    drained = count - before
     flowing = last_change - first_line_at if first_line_at is not None else 0.0
     return {
         "expected": expected,
@@ -368,8 +346,8 @@ def drain(
         "complete": count >= expected,
         "seconds": round(last_change - started, 3),
         "first_line_after_s": None if first_line_at is None else round(first_line_at - started, 3),
-        "delivered_per_s": round(count / max(last_change - started, 1e-9), 1),
-        "flowing_per_s": round(count / flowing, 1) if flowing > 0 else None,
+        "delivered_per_s": round(drained / max(last_change - started, 1e-9), 1),
+        "flowing_per_s": round(drained / flowing, 1) if flowing > 0 else None,
         "timeline": timeline,
     }
 
@@ -456,6 +434,7 @@ def build_summary(results: Sequence[LoadResult]) -> dict[str, Any]:
         "elapsed_s": round(elapsed, 3),
         "msgs_per_s": round(accepted / elapsed, 1) if elapsed else 0.0,
         "worst_chunk_p99_ms": max((r.p99_ms for r in results), default=0.0),
+        "median_chunk_p99_ms": sorted(r.p99_ms for r in results)[len(results) // 2] if results else 0.0,
         "max_ms": max((r.max_ms for r in results), default=0.0),
         "first_chunk_msgs_per_s": results[0].msgs_per_s if results else 0.0,
         "last_chunk_msgs_per_s": results[-1].msgs_per_s if results else 0.0,
@@ -463,19 +442,22 @@ def build_summary(results: Sequence[LoadResult]) -> dict[str, Any]:
     }
 
 
-def verdicts(result: dict[str, Any], settings: BacklogSettings) -> dict[str, Any]:
+def verdicts(result: dict[str, Any], settings: BacklogSettings) -> dict[str, bool]:
+    """Pass/fail per check; the last four are issue #6's targets (and our reading of "flat")."""
     build, drained, idle = result["build"], result["drain"], result["idle"]
-    rss_target_mb = idle.get("rss_peak_mb")
+    rss_mb = idle.get("rss_peak_mb")
     growth = drained.get("rss_growth_mb")
+    quiet_cpu = idle["engine_cpu_percent"]["main"]
     return {
         "all_acked": build["accepted"] == settings.messages and build["errors"] == 0,
         "drained_complete": drained["complete"],
         "no_duplicates": drained.get("distinct_ids") == drained.get("sink_lines"),
         "queue_depth_back_to_zero": result["queue_depth"]["final"] == 0,
         "idle_connections_kept": idle.get("still_open_after_drain") == idle.get("opened"),
-        f"rss_backlog_plus_idle_le_{TARGET_RSS_MB:.0f}mb": (
-            rss_target_mb is not None and rss_target_mb <= TARGET_RSS_MB
+        f"quiet_engine_cpu_le_{TARGET_QUIET_CPU_PERCENT:.0f}pct": (
+            quiet_cpu is not None and quiet_cpu <= TARGET_QUIET_CPU_PERCENT
         ),
+        f"rss_backlog_plus_idle_le_{TARGET_RSS_MB:.0f}mb": rss_mb is not None and rss_mb <= TARGET_RSS_MB,
         f"drain_rss_growth_le_{TARGET_DRAIN_GROWTH_MB:.0f}mb": growth is not None and growth <= TARGET_DRAIN_GROWTH_MB,
         f"ingest_p99_while_sink_down_le_{TARGET_INGEST_P99_MS:.0f}ms": (
             build["worst_chunk_p99_ms"] <= TARGET_INGEST_P99_MS
@@ -486,119 +468,206 @@ def verdicts(result: dict[str, Any], settings: BacklogSettings) -> dict[str, Any
 # ------------------------------------------------------------------ the run
 
 
+class BacklogRun:
+    """The scenario, one method per phase, in the order `run` calls them."""
+
+    def __init__(self, settings: BacklogSettings, workdir: Path, say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.workdir = workdir
+        self.say = say
+        self.source = MessageSource(builtin_templates())
+        self.engine = BacklogEngine(workdir, settings)
+        self.sampler = Sampler(self.engine, settings.sample_interval_s)
+        self.idle: IdleConnections | None = None
+        self.expected = 0  # Bundle lines the sink must hold at the end
+        self.result: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "settings": {k: v for k, v in asdict(settings).items() if k != "engine_command"},
+            "message_bytes": round(self.source.mean_size, 1),
+        }
+
+    def run(self) -> dict[str, Any]:
+        self.engine.sink_target = self.engine.sink_path if self.settings.reference else DOWN_SINK
+        self.engine.start()
+        try:
+            self.result["ready_s"] = round(self.engine.wait_ready(), 2)
+            with self.sampler:
+                hold(min(1.0, self.settings.quiet_s))
+                if self.settings.reference:
+                    self.reference()
+                self.build()
+                self.hold_idle()
+                self.recover()
+                self.drain()
+        finally:
+            if self.idle is not None:
+                self.idle.close()
+            self.stop()
+        self.summarise()
+        return self.result
+
+    def reference(self) -> None:
+        """ACK rate and latency with the sink working (the work path running too, as in production)."""
+        self.sampler.phase = "reference"
+        count = self.settings.reference
+        self.say(f"reference: {count} messages over C={self.settings.connections}, sink working")
+        load = self._load(count)
+        self.expected += load.accepted
+        delivered, _ = self.engine.wait_delivered(self.expected, self.settings.drain_timeout_s)
+        self.result["reference"] = {**load.to_json(), "delivered": delivered}
+        self.engine.use_sink(DOWN_SINK)
+        self.engine.reload()
+
+    def build(self) -> None:
+        """N messages with the sink down, in chunks so a slowdown as the table grows shows."""
+        self.sampler.phase = "build"
+        settings = self.settings
+        self.say(f"backlog: {settings.messages} messages over C={settings.connections}, sink down ({DOWN_SINK})")
+        per_chunk = -(-settings.messages // settings.chunks)
+        results: list[LoadResult] = []
+        remaining = settings.messages
+        while remaining > 0:
+            count = min(per_chunk, remaining)
+            load = self._load(count)
+            results.append(load)
+            remaining -= count
+            self.say(f"  chunk {len(results)}: {load.accepted}/{count} AA, {load.msgs_per_s:,.0f} msgs/s, "
+                     f"p99 {load.p99_ms:.1f} ms, errors {load.errors}")
+            if load.sent < count:
+                break  # the engine stopped answering: later chunks would only repeat the failure
+        build = build_summary(results)
+        self.result["build"] = build
+        self.expected += build["accepted"]
+
+    def hold_idle(self) -> None:
+        """Open K idle connections and leave the engine alone: RSS and CPU with backlog + idle + sink down."""
+        self.sampler.phase = "idle"
+        settings, sampler = self.settings, self.sampler
+        backlog = self.result["build"]["accepted"]
+        depth = wait_for_gauge(sampler, lambda s: (s.queue_depth or 0) >= backlog, 15.0)
+        self.idle = idle = IdleConnections("127.0.0.1", self.engine.mllp_port, settings.idle_connections)
+        opened = idle.open()
+        registered = wait_for_gauge(sampler, lambda s: (s.connections_open or 0) >= opened, 15.0)
+        probe = idle.probe(self.source)
+        self.expected += probe in ("AA", "CA")
+        self.say(f"idle: {opened} connections open ({idle.connect_failures} failed), probe ACK {probe or 'none'}; "
+                 f"holding {settings.quiet_s:.0f} s")
+        quiet_from = sampler.now()
+        hold(settings.quiet_s)
+        quiet = [s for s in sampler.snapshot() if s.phase == "idle" and s.t >= quiet_from]
+        self.result["idle"] = {
+            "opened": opened,
+            "connect_failures": idle.connect_failures,
+            "registered_by_engine": registered is not None,
+            "probe_ack": probe,
+            "queue_depth_seen": None if depth is None else depth.queue_depth,
+            "sink_lines_while_down": self.engine.delivered(),
+            **rss_summary(quiet),
+            "engine_cpu_percent": cpu_percent(quiet),
+        }
+
+    def recover(self) -> None:
+        """Point the sink at a real file: POST /api/reload, or restart the engine."""
+        self.sampler.phase = "recover"
+        engine = self.engine
+        engine.use_sink(engine.sink_path)
+        if self.settings.recover == "reload":
+            engine.reload()
+        else:
+            engine.stop()
+            engine.log_path = self.workdir / "engine-restarted.log"
+            engine.start()
+            self.result["restart_ready_s"] = round(engine.wait_ready(), 2)
+            assert self.idle is not None
+            self.idle.close()
+            self.idle = IdleConnections("127.0.0.1", engine.mllp_port, self.settings.idle_connections)
+            self.idle.open()
+        self.say(f"sink recovered by {self.settings.recover}; draining to {self.expected} Bundle lines")
+
+    def drain(self) -> None:
+        self.sampler.phase = "drain"
+        drained = wait_drained(self.engine, self.expected, self.settings.drain_timeout_s)
+        self.sampler.phase = "settle"
+        final = wait_for_gauge(self.sampler, lambda s: s.queue_depth == 0, 15.0)
+        assert self.idle is not None
+        self.result["idle"]["still_open_after_drain"] = self.idle.still_open()
+        self.result["queue_depth_final"] = None if final is None else final.queue_depth
+        self.result["drain"] = drained
+
+    def stop(self) -> None:
+        stopped = self.engine.stop()
+        if stopped is not None:
+            self.result["stop"] = {"exit_code": stopped.exit_code, "forced_kill": stopped.forced,
+                                   "seconds": stopped.seconds, "clean": stopped.clean}
+        self.result["log_tail"] = self.engine.log_tail(3)
+
+    def summarise(self) -> None:
+        samples = self.sampler.snapshot()
+        drain_samples = [s for s in samples if s.phase == "drain"]
+        summary = rss_summary(drain_samples)
+        lines, distinct = sink_ids(self.engine.sink_path)
+        self.result["drain"].update(
+            **summary,
+            rss_growth_mb=round(summary["rss_peak_mb"] - summary["rss_start_mb"], 1) if summary else None,
+            rss_slope_mb_per_min=rss_slope_mb_per_min(drain_samples),
+            engine_cpu_percent=cpu_percent(drain_samples),
+            sink_lines=lines,
+            distinct_ids=distinct,
+        )
+        depths = [s.queue_depth for s in samples if s.queue_depth is not None]
+        self.result["queue_depth"] = {"max": max(depths, default=None), "final": self.result.pop("queue_depth_final")}
+        self.result["peak"] = rss_summary(samples)
+        self.result["store_mb"] = _mb(sum(p.stat().st_size for p in self.workdir.glob("hl7engine.db*")))
+        self.result["machine"]["loadavg_end"] = os.getloadavg()
+        self.result["samples"] = [_compact(s) for s in samples]
+        self.result["verdicts"] = verdicts(self.result, self.settings)
+
+    def _load(self, count: int) -> LoadResult:
+        return run_sync(
+            run_load(
+                "127.0.0.1",
+                self.engine.mllp_port,
+                target="engine",
+                connections=self.settings.connections,
+                source=self.source,
+                max_messages=count,
+                max_duration_s=max(60.0, count / 100),  # a hard bound; the count ends a healthy run
+                ack_timeout_s=self.settings.ack_timeout_s,
+            ),
+            use_uvloop=self.settings.use_uvloop,
+        )
+
+
 def run_backlog(
     settings: BacklogSettings, workdir: Path | None = None, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:
-    """The whole scenario; returns the JSON-ready result (raises ProcessUnavailable if the engine fails)."""
-    say = progress or _say
+    """The whole scenario; returns the JSON-ready result (raises ProcessUnavailable if the engine fails).
+
+    A temporary `workdir` (store, sink file, logs) is removed afterwards unless `keep_workdir`.
+    """
     own_workdir = workdir is None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="hl7engine-backlog-"))
     raise_fd_limit(settings.connections + settings.idle_connections)
-    source = MessageSource(builtin_templates())
-    engine = BacklogEngine(workdir, settings)
-    result: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "settings": {k: v for k, v in asdict(settings).items() if k != "engine_command"},
-        "message_bytes": round(source.mean_size, 1),
-    }
-    idle: IdleConnections | None = None
     try:
-        engine.start()
-        result["ready_s"] = round(engine.wait_ready(), 2)
-        with Sampler(engine, settings.sample_interval_s) as sampler:
-            hold(min(1.0, settings.quiet_s))
-
-            sampler.phase = "build"
-            say(f"backlog: {settings.messages} messages over C={settings.connections}, sink down ({DOWN_SINK})")
-            build = build_summary(build_backlog(settings, engine, source))
-            result["build"] = build
-            expected = build["accepted"]
-
-            sampler.phase = "idle"
-            depth = wait_for_gauge(sampler, lambda s: (s.queue_depth or 0) >= expected, 15.0)
-            idle = IdleConnections("127.0.0.1", engine.mllp_port, settings.idle_connections)
-            opened = idle.open()
-            registered = wait_for_gauge(
-                sampler, lambda s: (s.connections_open or 0) >= opened, 15.0
-            )
-            probe = idle.probe(source)
-            expected += probe in ("AA", "CA")
-            say(f"idle: {opened} connections open ({idle.connect_failures} failed), probe ACK {probe or 'none'}; "
-                f"holding {settings.quiet_s:.0f} s")
-            hold(settings.quiet_s)
-            idle_samples = _phase(sampler.snapshot(), "idle")
-            result["idle"] = {
-                "opened": opened,
-                "connect_failures": idle.connect_failures,
-                "registered_by_engine": registered is not None,
-                "probe_ack": probe,
-                "queue_depth_seen": None if depth is None else depth.queue_depth,
-                "sink_lines_while_down": engine.delivered(),
-                **rss_summary(idle_samples[-max(2, int(settings.quiet_s / settings.sample_interval_s)):]),
-                "engine_cpu_percent": cpu_percent(
-                    [s for s in idle_samples if registered is None or s.t >= registered.t]
-                ),
-            }
-
-            sampler.phase = "recover"
-            engine.use_sink(engine.sink_path)
-            recover_at = sampler.now()
-            if settings.recover == "reload":
-                engine.reload()
-            else:
-                engine.stop()
-                engine.log_path = workdir / "engine-restarted.log"
-                engine.start()
-                result["restart_ready_s"] = round(engine.wait_ready(), 2)
-                idle.close()
-                idle = IdleConnections("127.0.0.1", engine.mllp_port, settings.idle_connections)
-                idle.open()
-            say(f"sink recovered by {settings.recover}; draining {expected} messages")
-
-            sampler.phase = "drain"
-            drained = drain(settings, engine, expected)
-            sampler.phase = "settle"
-            final = wait_for_gauge(sampler, lambda s: s.queue_depth == 0, 15.0)
-            samples = sampler.snapshot()
-
-        drain_samples = [s for s in samples if s.phase == "drain"]
-        summary = rss_summary(drain_samples)
-        drained.update(
-            recover_s=round(drain_samples[0].t - recover_at, 3) if drain_samples else None,
-            **summary,
-            rss_growth_mb=(
-                round(summary["rss_peak_mb"] - summary["rss_start_mb"], 1) if summary else None
-            ),
-            rss_slope_mb_per_min=rss_slope_mb_per_min(drain_samples),
-            engine_cpu_percent=cpu_percent(drain_samples),
-        )
-        result["idle"]["still_open_after_drain"] = idle.still_open()
-        depths = [s.queue_depth for s in samples if s.queue_depth is not None]
-        result["queue_depth"] = {
-            "max": max(depths, default=None),
-            "final": None if final is None else final.queue_depth,
-        }
-        result["peak"] = rss_summary(samples)
-        result["samples"] = [_compact(s) for s in samples]
-        result["drain"] = drained
+        result = BacklogRun(settings, workdir, progress or _say).run()
     finally:
-        if idle is not None:
-            idle.close()
-        stopped = engine.stop()
-        if stopped is not None:
-            result["stop"] = {"exit_code": stopped.exit_code, "forced_kill": stopped.forced,
-                              "seconds": stopped.seconds, "clean": stopped.clean}
-        result["log_tail"] = engine.log_tail(3)
-    lines, distinct = sink_ids(engine.sink_path)
-    result["drain"].update(sink_lines=lines, distinct_ids=distinct)
-    result["store_mb"] = _mb(sum(p.stat().st_size for p in workdir.glob("hl7engine.db*")))
-    result["verdicts"] = verdicts(result, settings)
-    if own_workdir and not settings.keep_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
+        if own_workdir and not settings.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not own_workdir or settings.keep_workdir:
         result["workdir"] = str(workdir)
     return result
+
+
+def machine() -> dict[str, Any]:
+    """Where this ran; the load average says how much other work shared the cores."""
+    return {
+        "nproc": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_start": os.getloadavg(),
+    }
 
 
 def _compact(sample: Sample) -> list[Any]:
@@ -613,43 +682,60 @@ def _compact(sample: Sample) -> list[Any]:
 def format_table(result: dict[str, Any]) -> str:
     s, build, idle, drained = result["settings"], result["build"], result["idle"], result["drain"]
     cpu_idle, cpu_drain = idle["engine_cpu_percent"], drained["engine_cpu_percent"]
-    lines = [
-        f"backlog: {s['messages']:,} messages (~{result['message_bytes']:.0f} bytes) over C={s['connections']}, "
-        f"{s['idle_connections']} idle connections, sink down = {DOWN_SINK}, recover by {s['recover']}",
-        "",
-        f"{'phase':<34}{'value':>16}",
-        f"{'build-up ACK msgs/s (sink down)':<34}{build['msgs_per_s']:>16,.0f}",
-        f"{'  first / last chunk msgs/s':<34}"
-        f"{build['first_chunk_msgs_per_s']:>8,.0f} /{build['last_chunk_msgs_per_s']:>6,.0f}",
-        f"{'  worst chunk p99 / max ACK ms':<34}{build['worst_chunk_p99_ms']:>8.1f} /{build['max_ms']:>6.0f}",
-        f"{'  accepted / errors':<34}{build['accepted']:>8} /{build['errors']:>6}",
-        f"{'queue depth max (metric)':<34}{_num(result['queue_depth']['max']):>16}",
-        f"{'store on disk MB':<34}{_num(result.get('store_mb')):>16}",
-        f"{'idle connections open / probe':<34}{idle['opened']:>10} / {idle['probe_ack'] or '-':>3}",
-        f"{'RSS backlog+idle, sink down MB':<34}{_num(idle.get('rss_peak_mb')):>16}",
-        f"{'  Pss / engine main RSS MB':<34}{_num(idle.get('pss_peak_mb')):>8} /"
-        f"{_num(idle.get('main_rss_peak_mb')):>6}",
-        f"{'  engine CPU % main / workers':<34}{_num(cpu_idle['main']):>8} /{_num(cpu_idle['children']):>6}",
-        f"{'drain msgs/s (from recovery)':<34}{drained['delivered_per_s']:>16,.0f}",
-        f"{'  while flowing msgs/s':<34}{_num(drained.get('flowing_per_s')):>16}",
-        f"{'  delivered / expected':<34}{drained['delivered']:>8} /{drained['expected']:>6}",
-        f"{'  seconds (first line after)':<34}{drained['seconds']:>8.1f} /{_num(drained['first_line_after_s']):>6}",
-        f"{'  RSS start / peak / end MB':<34}{_num(drained.get('rss_start_mb')):>6} /"
-        f"{_num(drained.get('rss_peak_mb')):>5} /{_num(drained.get('rss_end_mb')):>5}",
-        f"{'  RSS growth MB, slope MB/min':<34}{_num(drained.get('rss_growth_mb')):>8} /"
-        f"{_num(drained.get('rss_slope_mb_per_min')):>6}",
-        f"{'  engine CPU % main / workers':<34}{_num(cpu_drain['main']):>8} /{_num(cpu_drain['children']):>6}",
-        f"{'peak RSS whole run MB':<34}{_num(result['peak'].get('rss_peak_mb')):>16}",
-        "",
-        "targets: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in result["verdicts"].items()),
+    load = result["machine"]
+    rows: list[tuple[str, str]] = []
+    reference = result.get("reference")
+    if reference:
+        rows += [
+            ("reference ACK msgs/s (sink up, C same)", _num(reference["msgs_per_s"])),
+            ("  p50 / p99 / max ACK ms", _slash(reference["p50_ms"], reference["p99_ms"], reference["max_ms"])),
+        ]
+    rows += [
+        ("build-up ACK msgs/s (sink down)", _num(build["msgs_per_s"])),
+        ("  first / last chunk msgs/s", _slash(build["first_chunk_msgs_per_s"], build["last_chunk_msgs_per_s"])),
+        ("  p99 median / worst chunk, max ms",
+         _slash(build["median_chunk_p99_ms"], build["worst_chunk_p99_ms"], build["max_ms"])),
+        ("  accepted / errors", _slash(build["accepted"], build["errors"])),
+        ("queue depth max (metric)", _num(result["queue_depth"]["max"])),
+        ("store on disk MB", _num(result.get("store_mb"))),
+        ("idle connections open, probe ACK", f"{idle['opened']}, {idle['probe_ack'] or '-'}"),
+        ("RSS backlog + idle, sink down MB", _num(idle.get("rss_peak_mb"))),
+        ("  Pss sum / engine main RSS MB", _slash(idle.get("pss_peak_mb"), idle.get("main_rss_peak_mb"))),
+        ("  engine CPU % main / children", _slash(cpu_idle["main"], cpu_idle["children"])),
     ]
     if "restart_ready_s" in result:
-        lines.insert(-2, f"{'restart to ready s':<34}{result['restart_ready_s']:>16.2f}")
+        rows.append(("restart to ready s", _num(result["restart_ready_s"])))
+    rows += [
+        ("drain msgs/s from recovery", _num(drained["delivered_per_s"])),
+        ("  while flowing msgs/s", _num(drained.get("flowing_per_s"))),
+        ("  lines / expected", _slash(drained["delivered"], drained["expected"])),
+        ("  seconds, first line after s", _slash(drained["seconds"], drained["first_line_after_s"])),
+        ("  RSS start / peak / end MB",
+         _slash(drained.get("rss_start_mb"), drained.get("rss_peak_mb"), drained.get("rss_end_mb"))),
+        ("  RSS growth MB, slope MB/min", _slash(drained.get("rss_growth_mb"), drained.get("rss_slope_mb_per_min"))),
+        ("  engine CPU % main / children", _slash(cpu_drain["main"], cpu_drain["children"])),
+        ("peak RSS whole run MB", _num(result["peak"].get("rss_peak_mb"))),
+    ]
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [
+        f"backlog: {s['messages']:,} messages (~{result['message_bytes']:.0f} bytes) over C={s['connections']}, "
+        f"{s['idle_connections']} idle connections; sink down = {DOWN_SINK}; recover by {s['recover']}",
+        f"machine: {load['nproc']} cores, Python {load['python']}, load average "
+        f"{load['loadavg_start'][0]:.1f} at start, {load.get('loadavg_end', [0.0])[0]:.1f} at end",
+        "",
+        *(f"{label:<{width}}{value:>20}" for label, value in rows),
+        "",
+        "checks: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in result["verdicts"].items()),
+    ]
     stop = result.get("stop")
     if stop:
         lines.append(f"engine stop on SIGTERM: exit {stop['exit_code']} in {stop['seconds']:.2f} s"
                      f"{' (needed SIGKILL)' if stop['forced_kill'] else ''}")
     return "\n".join(lines)
+
+
+def _slash(*values: float | None) -> str:
+    return " / ".join(_num(v) for v in values)
 
 
 def _num(value: float | None) -> str:
@@ -672,6 +758,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BacklogSettings, argparse.Na
     parser.add_argument("--idle-connections", type=int, default=defaults.idle_connections, help="idle MLLP K")
     parser.add_argument("--connections", type=int, default=defaults.connections, help="senders C")
     parser.add_argument("--chunks", type=int, default=defaults.chunks, help="build-up measured in this many runs")
+    parser.add_argument("--reference", type=int, default=defaults.reference,
+                        help="messages sent first with the sink working, for comparison (0 = skip)")
     parser.add_argument("--retry-s", type=float, default=defaults.retry_s, help="sink retry interval")
     parser.add_argument("--quiet-s", type=float, default=defaults.quiet_s, help="seconds idle before recovery")
     parser.add_argument("--sample-interval", type=float, default=defaults.sample_interval_s)
@@ -688,6 +776,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BacklogSettings, argparse.Na
         idle_connections=args.idle_connections,
         connections=args.connections,
         chunks=max(1, args.chunks),
+        reference=max(0, args.reference),
         retry_s=args.retry_s,
         quiet_s=args.quiet_s,
         sample_interval_s=args.sample_interval,

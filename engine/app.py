@@ -27,9 +27,10 @@ from engine.mllp.tls import server_context
 from engine.obs import metrics
 from engine.pipeline.intake import Acceptance, Intake, IntakeSettings
 from engine.pipeline.runner import RetryPolicy, Runner
+from engine.pipeline.senders import sender_policy
 from engine.pipeline.workers import ChannelSpec, PoolExecutor, StageExecutor, WorkerPool, resolve_workers
 from engine.registry import BuildContext, Registry, default_registry
-from engine.store.factory import open_store
+from engine.store.factory import open_engine_store
 from engine.types import ConfigError, Sink, Stage, Store
 
 log = structlog.get_logger("hl7engine.app")
@@ -81,6 +82,7 @@ def intake_settings(channel: ChannelConfig) -> IntakeSettings:
         charset_fallback=channel.charset_fallback,
         ordering_field=channel.ordering.key if channel.ordering else None,
         channel_version=channel.version,
+        senders=sender_policy(channel.senders),
     )
 
 
@@ -114,7 +116,7 @@ def plan_reload(old: EngineConfig, new: EngineConfig) -> dict[str, list[str]]:
     """What a reload from `old` to `new` would do, channel by channel (by config hash)."""
     before = {c.name: c for c in old.channels}
     after = {c.name: c for c in new.channels}
-    restart = [section for section in ("store", "admin", "logging", "workers")
+    restart = [section for section in ("store", "admin", "logging", "workers", "encryption")
                if getattr(old, section) != getattr(new, section)]
     return {
         "added": sorted(after.keys() - before.keys()),
@@ -137,7 +139,7 @@ class Engine:
         self.config_path = config_path
         self._reload_lock = asyncio.Lock()
         self.registry = registry or default_registry()
-        self.store: Store = open_store(config.store)
+        self.store: Store = open_engine_store(config)
         self.channels: dict[str, ChannelRuntime] = {}
         workers = resolve_workers(config.workers)
         self.pool: WorkerPool | None = WorkerPool(workers) if workers > 0 else None
@@ -238,6 +240,8 @@ class Engine:
                 idle_timeout_s=limits.idle_timeout_s,
                 max_connections=limits.max_connections,
                 max_connections_per_peer=limits.max_connections_per_peer,
+                peer_connection_rate=limits.peer_connection_rate,
+                peer_message_rate=limits.peer_message_rate,
             ),
             ssl_context=ssl_context,
             channel=channel.name,

@@ -197,7 +197,11 @@ def messages_show(
     from engine.operator import show_message
 
     cfg = _load(config)
-    if not asyncio.run(show_message(cfg, message_id, unmask=unmask, out=typer.echo)):
+    try:
+        found = asyncio.run(show_message(cfg, message_id, unmask=unmask, out=typer.echo))
+    except EngineError as exc:  # e.g. the key a row was encrypted with is not configured
+        raise _fail(str(exc)) from None
+    if not found:
         raise _fail(f"no message {message_id}")
 
 

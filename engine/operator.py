@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from engine.config.models import EngineConfig
 from engine.obs.logging import audit_logger
 from engine.obs.redact import mask_message
-from engine.store.factory import open_store
+from engine.store.factory import open_engine_store
 from engine.types import MessageQuery, Status, Store, StoredMessage
 
 audit = audit_logger()
@@ -22,7 +22,7 @@ audit = audit_logger()
 
 @asynccontextmanager
 async def opened_store(config: EngineConfig) -> AsyncIterator[Store]:
-    store = open_store(config.store)
+    store = open_engine_store(config)
     await store.open()
     try:
         yield store

@@ -455,9 +455,9 @@ class FhirSink:
 
     async def deliver(self, exchange: Exchange) -> None:
         """POST one exchange's Bundle; raise TransientError or PermanentError as classified."""
-        if exchange.output is None:
+        body = exchange.output_json()  # serialised once, where the stages ran
+        if body is None:
             raise PermanentError("no FHIR output to send (no v2_to_fhir stage in the pipeline?)")
-        body = json.dumps(exchange.output, ensure_ascii=False, separators=(",", ":")).encode()
         response = await self._post(body)
         if response.status_code == 401:
             if not self._auth.refreshable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config.models import StoreConfig
+from engine.config.models import EngineConfig, StoreConfig
 from engine.types import ConfigError, Store
 
 
@@ -39,3 +39,10 @@ def _postgres(config: StoreConfig) -> Store:
         instance_id=config.instance_id,
         max_batch=config.group_commit.max_batch,
     )
+
+
+def open_engine_store(config: EngineConfig) -> Store:
+    """The engine's store: the configured backend, encrypted at rest when `encryption:` is set."""
+    from engine.store.encrypted import wrap_if_configured
+
+    return wrap_if_configured(open_store(config.store), config)

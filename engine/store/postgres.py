@@ -31,17 +31,25 @@ and any instance leases those messages again. `recover()` on start frees only th
 instance's leases and expired ones, never a live instance's.
 
 Per-key order across instances, and its cost: a lease runs in two short transactions.
-(1) The scan: under an exclusive per-channel advisory lock it reads unfinished rows in
-id order (index only, no payload) and picks due rows with base.LeasePlanner; expired
-`processing` rows count as due. Every ingest holds the same lock *shared* until it
-commits, so the scan never runs while a lower id is still uncommitted (ids come from a
-sequence: without the lock, id 100 could commit after id 101 was leased, and a key's
-order would break). The lock is held for a scan, never across a whole lease or a sink
-call; ingests wait for at most one scan (milliseconds). (2) The claim: the chosen rows
-are locked `FOR UPDATE SKIP LOCKED` and re-read; a row another transaction holds, or
+(1) The scan, in one read-only REPEATABLE READ snapshot: unfinished rows of the channel
+in id order (index only, no payload), through base.LeasePlanner; a `processing` row
+whose lease expired counts as due. (2) The claim: the chosen rows are locked
+`FOR UPDATE SKIP LOCKED` and re-read; a row another transaction holds right now, or
 that is no longer due, blocks its key, so later rows of that key are dropped from this
-lease. Then one UPDATE sets them to processing. Two instances leasing at once may each
-get fewer rows than asked, never rows out of order.
+lease; one UPDATE sets the rest to processing. No lock is held across the two, nor
+between leases and ingests: two instances leasing at once may each get fewer rows than
+asked, never a message of a key whose earlier message another instance holds. Cost: two
+round trips more than a single-statement lease, no waiting on other instances.
+
+What "earlier" means across instances: ids come from one sequence, but two ingest
+transactions on two instances may commit out of id order. Only messages that were in
+flight at the same time (neither ACKed before the other arrived) can be affected, and
+they have no order of their own: they are delivered in commit order. A message sent
+after another's ACK always gets a higher id, allocated after that ACK's commit, so
+causal order (how MLLP senders work: the next message after the ACK) is always kept.
+(An earlier design took a per-channel advisory lock, shared by ingests and exclusive
+for lease scans, to forbid even that; it cut ACK throughput about fivefold and bought no
+order a sender can observe.)
 
 Decided here, beyond the protocol (and as in SQLite): `attempts` counts processing
 attempts (`lease` +1, `unlease` -1, `recover` and lease expiry keep it, `requeue` resets
@@ -112,6 +120,8 @@ LEASE_WINDOW_FACTOR = 8
 LEASE_MIN_WINDOW = 64
 #: ... and at most this many windows: bounded work per lease whatever the backlog.
 LEASE_MAX_WINDOWS = 8
+#: Received rows `next_due` examines for one that no other instance's lease blocks.
+NEXT_DUE_SCAN = 256
 #: Blocked keys passed back to the scan to skip (beyond it the scan just reads them).
 MAX_EXCLUDED_KEYS = 2000
 
@@ -178,6 +188,9 @@ _SCHEMA_V1 = (
     f" INCLUDE (ordering_key, status, next_attempt_at, leased_until) WHERE {_UNFINISHED_SQL}",
     "CREATE INDEX ix_messages_retry_due ON messages (channel, next_attempt_at) WHERE status = 'retry'",
     "CREATE INDEX ix_messages_received ON messages (channel, id) WHERE status = 'received'",
+    # next_due: is an earlier message of this key in flight (processing or retry)?
+    "CREATE INDEX ix_messages_in_flight ON messages (channel, ordering_key, id)"
+    " INCLUDE (leased_until) WHERE status IN ('processing', 'retry')",
     # Heartbeat and recover: this instance's leases.
     "CREATE INDEX ix_messages_leased_by ON messages (leased_by) WHERE status = 'processing'",
     "CREATE INDEX ix_messages_status ON messages (status, channel, id)",
@@ -460,13 +473,6 @@ async def _ingest(conn: Connection, jobs: list[_Job], now: float) -> list[Any]:
 
 async def _ingest_items(conn: Connection, items: Sequence[Inbound], now: float) -> list[IngestResult]:
     """Dedup and insert in item order, so a resend later in the same batch sees its original."""
-    # Shared per-channel lock until COMMIT: a lease scan (exclusive) never runs while
-    # these ids are allocated but not yet visible (module docstring).
-    channels = sorted({item.channel for item in items})
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock_shared($1, k) FROM unnest($2::int4[]) AS k",
-        LOCK_CLASS, [_lock_key(c) for c in channels],
-    )
     known = await conn.fetch(
         "SELECT k.ord, d.id, d.ack, (k.control_id <> '' AND EXISTS ("
         "   SELECT 1 FROM messages o WHERE o.channel = k.channel AND o.sender = k.sender"
@@ -879,8 +885,8 @@ class PostgresStore:
         return await self._write("lease", lambda conn: self._claim(conn, chosen, now))
 
     async def _scan(self, conn: Connection, channel: str, limit: int, now: float) -> list[_Row]:
-        async with conn.transaction(readonly=True):
-            await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, _lock_key(channel))
+        # One snapshot for every window: a row cannot move between windows unseen.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
             db_now = float(await conn.fetchval(f"SELECT {_DB_NOW}"))
             planner = LeasePlanner(limit, now)
             rows_by_id: dict[int, _Row] = {}
@@ -935,17 +941,33 @@ class PostgresStore:
         return sorted((_to_message(r) for r in records), key=lambda m: m.id)
 
     async def next_due(self, channel: str) -> float | None:
-        """Now if anything is received; else the earliest retry time; None if idle."""
+        """Now if a received message can be leased; else the earliest retry time; None if idle.
+
+        Unlike SQLite, a received message whose key another instance holds (its earlier
+        message is processing there) is not due: the runner would otherwise spin on
+        leases that return nothing. It becomes due when that instance finishes; this
+        instance then sees it at its next poll (the runner's idle poll, 1 s) or wake.
+        A processing message whose lease expired is due now. Only the first
+        NEXT_DUE_SCAN received rows are examined, so the check stays bounded.
+        """
         now = self._clock()
 
         async def run(conn: Connection) -> float | None:
             row = await conn.fetchrow(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND status = 'received') AS received,"
+                "SELECT EXISTS (SELECT 1 FROM (SELECT id, ordering_key FROM messages"  # noqa: S608
+                "   WHERE channel = $1 AND status = 'received' ORDER BY id LIMIT $2) r"
+                "  WHERE NOT EXISTS (SELECT 1 FROM messages e WHERE e.channel = $1"
+                "   AND e.ordering_key = r.ordering_key AND e.id < r.id"
+                f"   AND e.status IN ('processing', 'retry') AND NOT (e.status = 'processing'"
+                f"   AND e.leased_until < {_DB_NOW}))"
+                " ) AS received,"
+                " EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND status = 'processing'"
+                f"  AND leased_until < {_DB_NOW}) AS expired,"
                 " (SELECT MIN(next_attempt_at) FROM messages WHERE channel = $1 AND status = 'retry') AS retry",
-                channel,
+                channel, NEXT_DUE_SCAN,
             )
             assert row is not None
-            if row["received"]:
+            if row["received"] or row["expired"]:
                 return now
             return None if row["retry"] is None else float(row["retry"])
 

@@ -103,7 +103,7 @@ _TYPE_STEMS: tuple[tuple[str, str], ...] = tuple(
 # (`patientOne`, `obsGlucose`, `orgResource`), rather than something inside it
 # (`orgIdentifier`, `contactName`).
 _RESOURCE_SUFFIXES = re.compile(
-    r"^(?:resource|one|two|three|four|\d+|obj\w*|hemoglobin|glucose|stenosis|tachy|verified|"
+    r"^(?:resource|\d+|obj\w*|hemoglobin|glucose|stenosis|tachy|verified|"
     r"bundle\d*|w)?$"
 )
 _LIST_SUFFIXES = re.compile(r"^(?:s|resource|resources|list|ies)$")
@@ -337,6 +337,8 @@ def literal_value(expr: str) -> Any:
         return _RUN_TOGETHER_CODES.get(name, name.lower().replace("_", "-"))
     raise Unsupported("expected value is not a literal")
 
+
+_RELATIVE_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9.\-]+$")
 
 # HAPI enum constants whose FHIR code has hyphens the constant's name drops.
 _RUN_TOGETHER_CODES = {
@@ -602,9 +604,16 @@ def evaluate(stmt: str, bundle: Mapping[str, Any]) -> Outcome:
         if statement.matcher in _WITH_EXPECTED_VALUE:
             if not statement.args:
                 raise Unsupported("matcher without a value")
-            literal_value(statement.args[0])  # an expectation we cannot see is unsupported, first
+            expected = literal_value(statement.args[0])  # an expectation we cannot see is unsupported, first
+            if isinstance(expected, str) and _RELATIVE_REFERENCE.match(expected):
+                # `Organization/idvalue1`: LinuxForHealth's resource-id convention; ids are
+                # generated (urn:uuid fullUrls here) and never compared, as for the other sources.
+                raise Unsupported("expected value is a resource id")
         root, calls = parse_chain(statement.subject)
         resource_type, rest = resource_type_of(root)
+        ordinal = _ORDINAL.match(rest)
+        if resource_type and ordinal:
+            return _evaluate_nth(statement, calls, bundle, resource_type, ordinal)
         counting = statement.matcher in ("hasSize", "isEmpty", "isNotEmpty", "isNotNull")
         counts_list = _LIST_SUFFIXES.match(rest) or statement.matcher in ("hasSize", "isEmpty")
         element = rest.removesuffix("list")
@@ -642,6 +651,31 @@ def evaluate(stmt: str, bundle: Mapping[str, Any]) -> Outcome:
         return _outcome(any(_safe_check(statement, _safe_resolve(node, calls)) for node in starts))
     except Unsupported as exc:
         return Outcome("unsupported", str(exc))
+
+
+# `patientOne`, `patientTwoIdentifierList`: the n-th resource of the type in Bundle order
+# (LinuxForHealth's order and ours agree: message order).
+_ORDINAL = re.compile(r"^(one|two|three|four|five)(.*)$")
+_ORDINALS = {"one": 0, "two": 1, "three": 2, "four": 3, "five": 4}
+
+
+def _evaluate_nth(
+    statement: Statement, calls: list[Call], bundle: Mapping[str, Any], resource_type: str, ordinal: re.Match[str]
+) -> Outcome:
+    resources = _resources(bundle, resource_type)
+    index = _ORDINALS[ordinal.group(1)]
+    if index >= len(resources):
+        return Outcome("fail", f"no {resource_type} number {index + 1}")
+    node: Any = resources[index]
+    inner = ordinal.group(2)
+    if inner:
+        element = _element_ignoring_case(node, inner.removesuffix("list"))
+        if element is _MISSING and not inner.endswith("list"):
+            # An intermediate inside that resource (`patientOneIdentifierType`): any node fits.
+            starts = [n for n in _descendants(node) if isinstance(n, Mapping | list)]
+            return _outcome(any(_safe_check(statement, _safe_resolve(n, calls)) for n in starts))
+        node = element
+    return _outcome(_check(statement.matcher, statement.args, _safe_resolve(node, calls)))
 
 
 def _element_ignoring_case(resource: Mapping[str, Any], name: str) -> Any:

@@ -20,6 +20,9 @@ from engine.types import MessageQuery, Status
 from tests.support.messages import adt_a01
 from tests.support.mllp import err_code, exchange, frame, msa, read_frame
 
+# NK1 with no PID before it: the mapping refuses it (MappingError naming NK1).
+POISON = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|{cid}|P|2.5.1\rEVN|A01\rNK1|1|DOE^JOHN\r"
+
 PIPELINE = "      - type: v2_to_fhir\n        fhir_version: R4B\n"
 
 
@@ -169,19 +172,19 @@ class TestWork:
         """A message that cannot be mapped is dead-lettered with a reason; the next one is delivered."""
         engine = await make_engine()
         port = port_of(engine)
-        poison = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P1|P|2.5.1\rEVN|A01\r"
+        poison = POISON.format(cid="P1").encode()
         assert "AA" == msa(await exchange("127.0.0.1", port, poison))[0]
         await exchange("127.0.0.1", port, adt_a01("GOOD").encode())
         await wait_lines(tmp_path / "out.ndjson", 1)
         rows = await engine.store.query(MessageQuery(channel="adt", statuses=frozenset({Status.DEAD})))
         assert 1 == len(rows)
         assert rows[0].last_error
-        assert "PID" in rows[0].last_error
+        assert "NK1" in rows[0].last_error
 
     async def test_after_processing_mapping_failure_answers_ae(self, make_engine) -> None:
         """With ack: after_processing a mapping failure is answered AE with an ERR segment."""
         engine = await make_engine(ack="after_processing")
-        poison = b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P2|P|2.5.1\rEVN|A01\r"
+        poison = POISON.format(cid="P2").encode()
         ack = await exchange("127.0.0.1", port_of(engine), poison)
         assert ["AE", "P2"] == msa(ack)[:2]
         assert "207" == err_code(ack)

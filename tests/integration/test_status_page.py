@@ -27,13 +27,12 @@ from engine.obs import metrics
 from engine.status_page import RateWindow, StatusPage, last_dead_letters
 from engine.store.sqlite import SQLiteStore
 from engine.types import Inbound, MessageQuery, Store, StoredMessage
-from tests.support.engine_proc import EngineProcess, free_port, write_config
+from tests.support.engine_proc import EngineProcess, free_port
 from tests.support.messages import adt_a01
 from tests.support.mllp import exchange, msa
 
 CANARY = "ZZSTATUSCANARY"
 TOKENS = {"view-token": "viewer", "op-token": "operator", "phi-token": "phi-reader"}
-NO_PID = b"MSH|^~\\&|EPICADT|GENHOSP|HL7ENGINE|HUB|20260115083000||ADT^A01^ADT_A01|NOPID1|P|2.5.1\rEVN|A01\r"
 
 
 class FakeClock:
@@ -367,15 +366,50 @@ class LiveEngine:
         return msa(await exchange("127.0.0.1", self.mllp_port, payload))[0]
 
 
+def two_channel_config(directory: Path, adt_port: int, gate_port: int, admin_port: int) -> Path:
+    """adt forwards every message over MLLP to gate, which accepts ADT^A01 only.
+
+    So an ADT^A04 sent to adt is answered AR by gate, and adt dead-letters it (the MLLP
+    sink's default on_ar: dead): a real dead letter that does not depend on the mappers.
+    """
+    config = directory / "engine.yaml"
+    config.write_text(f"""store:
+  path: {directory / 'store.db'}
+admin:
+  listen: 127.0.0.1:{admin_port}
+channels:
+  - name: adt
+    listen: 127.0.0.1:{adt_port}
+    pipeline:
+      - type: v2_to_fhir
+    sinks:
+      - type: file
+        path: {directory / 'adt.ndjson'}
+      - type: mllp
+        target: 127.0.0.1:{gate_port}
+        timeout_s: 5
+  - name: gate
+    listen: 127.0.0.1:{gate_port}
+    accept:
+      message_types: [ADT^A01]
+    pipeline:
+      - type: v2_to_fhir
+    sinks:
+      - type: file
+        path: {directory / 'gate.ndjson'}
+""", encoding="utf-8")
+    return config
+
+
 @pytest.fixture
 def live_engine(tmp_path: Path) -> Iterator[LiveEngine]:
-    mllp_port, admin_port = free_port(), free_port()
-    config = write_config(tmp_path, mllp_port=mllp_port, admin_port=admin_port)
+    adt_port, gate_port, admin_port = free_port(), free_port(), free_port()
+    config = two_channel_config(tmp_path, adt_port, gate_port, admin_port)
     process = EngineProcess(config, admin_port, tmp_path / "engine.log")
     process.start()
     try:
         process.wait_ready()
-        yield LiveEngine(process, mllp_port, admin_port)
+        yield LiveEngine(process, adt_port, admin_port)
     finally:
         if process.proc is not None and process.proc.poll() is None:
             process.terminate(timeout=30)
@@ -387,7 +421,7 @@ def field_value(channel: str, selector: str) -> str:
 
 class TestStatusPageInBrowser:
     async def test_shows_the_channel_after_traffic_and_updates(self, live_engine: LiveEngine, tmp_path: Path) -> None:
-        """Chromium renders the adt card with its counts, then shows new traffic and a dead letter without a reload."""
+        """Chromium renders the adt card with its counts, then new traffic, an AR and a dead letter without a reload."""
         browser_binary = need_chromium()
         assert ["AA"] * 3 == [await live_engine.send(adt_a01(f"PAGE{i}").encode()) for i in range(3)]
         async with chromium(browser_binary, tmp_path / "profile") as browser:
@@ -400,10 +434,11 @@ class TestStatusPageInBrowser:
             assert "ready" == await browser.evaluate("document.getElementById('engine-state').textContent")
 
             assert ["AA", "AA", "AA"] == [await live_engine.send(adt_a01(f"MORE{i}").encode()) for i in range(2)] + [
-                await live_engine.send(NO_PID)]
+                await live_engine.send(adt_a01("REJECTED", message_type="ADT^A04^ADT_A01").encode())]
             await browser.wait_for(field_value("adt", '[data-field="received_total"]'), "6")
             await browser.wait_for(field_value("adt", '[data-field="dead"]'), "1")
             await browser.wait_for("document.querySelectorAll('[data-channel=\"adt\"] [data-dead-id]').length", 1)
+            await browser.wait_for(field_value("gate", '[data-ack="AR"]'), "1")
             rate = await browser.evaluate(field_value("adt", '[data-field="messages_per_minute"]'))
             assert float(rate) > 0, "messages per minute is shown once two polls have passed"
             assert await browser.evaluate("document.getElementById('banner').hidden") is True

@@ -55,7 +55,7 @@ class TestFieldAccounting:
         assert ("PID", "31") in result.unmapped
         assert ("PID", "3") not in result.unmapped
         for segment_id, field in result.unmapped:
-            assert len(segment_id) == 3 and (field == "*" or field.isdigit())
+            assert len(segment_id) == 3 and (field in ("*", "missing") or field.isdigit())
         assert len(result.unmapped) == len(set(result.unmapped))
 
     def test_segments_option_limits_the_maps(self) -> None:
@@ -72,11 +72,20 @@ class TestErrors:
             convert_message(MESSAGE + "\r" + MESSAGE, MappingOptions())
         assert info.value.segment == "MSH"
 
-    def test_required_pid(self) -> None:
-        """An ADT A01 without PID raises MappingError naming PID."""
+    def test_missing_pid_is_reported_not_refused(self) -> None:
+        """An ADT A01 without PID maps its PV1 (no subject) and reports (PID, "missing")."""
+        result = convert_message(MSH_A01 + "\rEVN|A01\rPV1|1|I", MappingOptions())
+        encounters = resources(result.bundle, "Encounter")
+        assert len(encounters) == 1 and "subject" not in encounters[0]
+        assert resources(result.bundle, "Patient") == []
+        assert ("PID", "missing") in result.unmapped
+        validate_bundle(result.bundle, "R4B")
+
+    def test_segment_needing_the_missing_pid_raises(self) -> None:
+        """An NK1 in an ADT A01 without PID raises MappingError naming NK1 (its Patient is required)."""
         with pytest.raises(MappingError) as info:
-            convert_message(MSH_A01 + "\rEVN|A01\r", MappingOptions())
-        assert info.value.segment == "PID"
+            convert_message(MSH_A01 + "\rEVN|A01\rNK1|1|DOE^JOHN|SPO", MappingOptions())
+        assert info.value.segment == "NK1"
 
     def test_mapper_bug_becomes_mapping_error_without_data(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """An unexpected exception in a mapper surfaces as MappingError naming the segment, not the value."""

@@ -11,21 +11,26 @@ IN1, beyond the IG's rows (IN1-2, -4, -5, -10, -11, -12, -13, -15, -16, -17, -49
 - IN1-8 group number → class {type group, value}; IN1-9 group name (XON) → that class's
   name (or its own group class when IN1-8 is empty).
 - IN1-35 company plan code → class {type plan, value}.
-- IN1-22 coordination-of-benefits priority → order (a positive integer).
-- IN1-36 policy number → identifier (type MB, member number) and subscriberId; Coverage
-  entries match on it (conditional update/create), not on IN1-2: the plan id is shared
-  by every member of the plan.
+- IN1-22 coordination-of-benefits priority → order (a positive integer); else IN1-1.
+- Coverage.identifier in this order: IN1-2 (XV), IN1-46 (use old), IN1-36 as MB (member
+  number; IN2-61 replaces it) and as SN (subscriber number), with IN2-8 (MA) and IN2-6 (MC)
+  before the SN. IN1-36 is also subscriberId. Coverage entries match on IN1-36
+  (conditional update/create), not on IN1-2: the plan id is shared by every member.
 - IN1-46 prior insurance plan id → identifier with use "old".
 - Subscriber (IG IN1-16/IN1-17): IN1-17 = SEL (self) → the Patient; otherwise, when
-  IN1-16 has a name, a RelatedPerson with name IN1-16, relationship IN1-17 (table 0063),
-  birthDate IN1-18, address IN1-19, gender IN1-43, identifier IN1-49.
+  IN1-16 has a name or IN1-17 names a related person, a RelatedPerson with name IN1-16,
+  relationship IN1-17 (table 0063), birthDate IN1-18, address IN1-19, gender IN1-43,
+  identifier IN1-49.
 IN2 (enriches the Coverage of the IN1 before it):
 - IN2-1 insured's employee id (CX) and IN2-2 insured's SSN → subscriber RelatedPerson
   identifiers (the Patient's when the subscriber is the patient).
 - IN2-6 Medicare number → Coverage.identifier type MC; IN2-8 Medicaid number → type MA;
-  IN2-61 patient member number → type MB.
+  IN2-61 patient member number → type MB (see the identifier order above).
 - IN2-63 insured's telephone → subscriber telecom; IN2-72 patient's relationship to the
-  insured → Coverage.relationship when IN1-17 is empty.
+  insured (table 0344) → Coverage.relationship when IN1-17 is empty, and the subscriber
+  when IN1 named none (01 → the Patient, a related person → a RelatedPerson).
+- The patient's member number (IN2-61, else IN1-36 when the patient is the subscriber)
+  → Patient.identifier type MB.
 GT1 (guarantor): a RelatedPerson (or the Patient when GT1-11 is SEL, or an Organization
 from GT1-21 when GT1-3 is empty) with identifier GT1-2, name GT1-3, address GT1-5,
 telecom GT1-6 (home) / GT1-7 (work), birthDate GT1-8, gender GT1-9, relationship GT1-11;
@@ -59,10 +64,24 @@ COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
 # The IG row's URL (IN1-10, IN1-49); the R5 cross-version extension of Coverage.subscriberId.
 SUBSCRIBER_ID_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-subscriberId"
 _SELF = {"SEL", "ONESELF", "SELF", "01", "18"}  # 0063 SEL; X12 individual relationship 18/01 seen in feeds
+# Table 0063 relationships that name a person related to the patient (not EMR employer,
+# OWN/TRA/MGR, NON/UNK/OTH): such a subscriber is a RelatedPerson even without IN1-16.
+_PERSON_0063 = frozenset(
+    "SPO DOM CHD GCH NCH SCH FCH DEP WRD PAR MTH FTH CGV GRD GRP EXF SIB BRO SIS FND OAD EME ASC EMC".split()
+)
+# Table 0344 (IN2-72 patient's relationship to insured): 01 = the patient is the insured;
+# these name a related person (not 09 unknown, 11/12 organ/cadaver donor).
+_SELF_0344 = "01"
+_PERSON_0344 = frozenset("02 03 04 05 06 07 08 10 13 14 15 16 17 18 19".split())
 
 
 def _typed_identifier(code: str, value: str) -> dict[str, Any]:
     return {"type": {"coding": [{"system": v2_table_system("0203"), "code": code}]}, "value": value}
+
+
+def _type_of(identifier: dict[str, Any]) -> str:
+    codings = identifier.get("type", {}).get("coding", [{}])
+    return str(codings[0].get("code", "")) if codings else ""
 
 
 def _is_self(code: str) -> bool:
@@ -70,16 +89,19 @@ def _is_self(code: str) -> bool:
 
 
 def _subscriber_person(in1: Segment, ctx: MappingContext, patient_url: str) -> dict[str, Any] | None:
-    """IG IN1-16 (IN1-17 not self) → RelatedPerson with IN1-16..19, IN1-43, IN1-49."""
+    """IG IN1-16 "IF IN1-17 IS NOT 'patient'" → subscriber RelatedPerson with IN1-16..19,
+    IN1-43, IN1-49: made when IN1-16 has a name, or when IN1-17 names a person related to the
+    patient (an employer, "unknown" or "other" relationship without a name makes none)."""
     s = ctx.settings
     names = [n for n in (xpn_to_human_name(rep, s) for rep in in1.field(16)) if n is not None]
-    if not names:
+    if not names and in1.value(17).upper() not in _PERSON_0063:
         return None
     person: dict[str, Any] = {"resourceType": "RelatedPerson", "patient": ctx.bundle.reference(patient_url)}
     identifiers = [i for i in (cx_to_identifier(rep, s) for rep in in1.field(49)) if i is not None]
     if identifiers:
         person["identifier"] = identifiers
-    person["name"] = names
+    if names:
+        person["name"] = names
     if in1.field(17):
         relationship = cwe_to_codeable_concept(in1.rep(17), s, "Relationship", "0063")
         if relationship is not None:
@@ -175,13 +197,6 @@ def in1_to_coverage(in1: Segment, ctx: MappingContext) -> None:
     coverage: dict[str, Any] = {"resourceType": "Coverage", "status": "active"}
     extensions: list[dict[str, Any]] = []
     identifiers: list[dict[str, Any]] = []
-    # IN1-36 policy number → identifier (MB) + subscriberId: first, so conditional matching uses it
-    policy = in1.value(36)
-    match: dict[str, Any] = {}  # never the plan id (IN1-2): every member of the plan shares it
-    if policy:
-        match = _typed_identifier("MB", policy)
-        identifiers.append(match)
-        coverage["subscriberId"] = policy
     # IN1-2 plan id → identifier (CWE[Identifier]), typed XV (health plan identifier)
     for rep in in1.field(2):
         for ident in cwe_to_identifier(rep, s):
@@ -191,6 +206,15 @@ def in1_to_coverage(in1: Segment, ctx: MappingContext) -> None:
     prior = in1.value(46)
     if prior:
         identifiers.append({"use": "old", "value": prior})
+    # IN1-36 policy number → identifiers MB (member number, until IN2-61 gives the patient's
+    # own) and SN (subscriber number), subscriberId; conditional matching uses it
+    policy = in1.value(36)
+    match: dict[str, Any] = {}  # never the plan id (IN1-2): every member of the plan shares it
+    if policy:
+        match = _typed_identifier("MB", policy)
+        identifiers.append(match)
+        identifiers.append(_typed_identifier("SN", policy))
+        coverage["subscriberId"] = policy
     # IN1-15 plan type → type (CWE; IG voc PlanId has no codes: kept as v2 table 0086)
     if in1.field(15):
         plan_type = cwe_to_codeable_concept(in1.rep(15), s, "PlanId", "0086")
@@ -210,6 +234,7 @@ def in1_to_coverage(in1: Segment, ctx: MappingContext) -> None:
         coverage["subscriber"] = ctx.bundle.reference(patient_url)
         in1.mark_used(16, 18, 19, 43)  # the patient's own name/birth/address/sex: PID carries them
         subscriber_ids.extend(i for i in (cx_to_identifier(rep, s) for rep in in1.field(49)) if i is not None)
+        _member_number_of_patient(ctx, patient_url, in1.value(36))
     else:
         person = _subscriber_person(in1, ctx, patient_url)
         if person is not None:
@@ -251,12 +276,16 @@ def in1_to_coverage(in1: Segment, ctx: MappingContext) -> None:
         classes.append({"type": {"coding": [{"system": COVERAGE_CLASS, "code": "plan"}]}, "value": plan_code})
     if classes:
         coverage["class"] = classes
-    # IN1-22 coordination of benefits priority → order
+    # IN1-22 coordination of benefits priority → order; else IN1-1 (the IN1 groups are sent
+    # in priority order, and IN1-1 numbers them)
     priority = nm_to_number(in1.value(22)) if in1.value(22) else None
+    if in1.value(22) and not (isinstance(priority, int) and priority > 0):
+        ctx.reject(in1, 22)
+        priority = None
+    if priority is None and in1.value(1).isdigit() and int(in1.value(1)) > 0:
+        priority = int(in1.value(1))
     if isinstance(priority, int) and priority > 0:
         coverage["order"] = priority
-    elif in1.value(22):
-        ctx.reject(in1, 22)
     if identifiers:
         coverage["identifier"] = identifiers
     if extensions:
@@ -265,6 +294,20 @@ def in1_to_coverage(in1: Segment, ctx: MappingContext) -> None:
     if "payor" not in coverage:
         coverage["payor"] = [{"extension": [{"url": SD + "data-absent-reason", "valueCode": "unknown"}]}]
     ctx.current["Coverage"] = ctx.add(coverage, in1, "Coverage", match=match)
+
+
+def _member_number_of_patient(ctx: MappingContext, patient_url: str, value: str) -> None:
+    """The patient's member number (IN2-61, else IN1-36 when the patient is the subscriber)
+    → Patient.identifier type MB, as payer-facing profiles (CARIN BB) carry it."""
+    patient = ctx.bundle.resource(patient_url)
+    if not value or patient is None:
+        return
+    identifiers = patient.setdefault("identifier", [])
+    member = next((i for i in identifiers if _type_of(i) == "MB"), None)
+    if member is None:
+        identifiers.append(_typed_identifier("MB", value))
+    else:
+        member["value"] = value
 
 
 def _subscriber_resource(ctx: MappingContext, coverage: dict[str, Any]) -> dict[str, Any] | None:
@@ -292,12 +335,21 @@ def in2_to_coverage(in2: Segment, ctx: MappingContext) -> None:
             if in2.field(number):
                 ctx.reject(in2, number)
     ids = coverage.setdefault("identifier", [])
-    for number, code in ((6, "MC"), (8, "MA"), (61, "MB")):
+    # IN2-61 patient member number replaces the MB the IN1-36 policy number stood in for;
+    # IN2-8 Medicaid (MA) and IN2-6 Medicare (MC) numbers come before the subscriber number.
+    member = in2.value(61)
+    if member:
+        mb = next((i for i in ids if _type_of(i) == "MB"), None)
+        if mb is not None:
+            mb["value"] = member
+        else:
+            ids.append(_typed_identifier("MB", member))
+    at = next((n for n, i in enumerate(ids) if _type_of(i) == "SN"), len(ids))
+    for number, code in ((8, "MA"), (6, "MC")):
         value = in2.value(number)
-        if value:
-            ident = _typed_identifier(code, value)
-            if ident not in ids:
-                ids.append(ident)
+        if value and _typed_identifier(code, value) not in ids:
+            ids.insert(at, _typed_identifier(code, value))
+            at += 1
     if not ids:
         del coverage["identifier"]
     phones = [p for p in (xtn_to_contact_point(rep, s) for rep in in2.field(63)) if p is not None]
@@ -305,10 +357,38 @@ def in2_to_coverage(in2: Segment, ctx: MappingContext) -> None:
         subscriber.setdefault("telecom", []).extend(phones)
     elif phones:
         ctx.reject(in2, 63)
+    _in2_subscriber(in2, ctx, coverage, subscriber, member)
+
+
+def _in2_subscriber(
+    in2: Segment, ctx: MappingContext, coverage: dict[str, Any], subscriber: dict[str, Any] | None, member: str
+) -> None:
+    """IN2-72 (table 0344) when IN1-17 is empty: Coverage.relationship, and the subscriber the
+    IN1 could not name (01 → the Patient; a related person → a RelatedPerson with that
+    relationship). IN2-61 → the Patient's member number when the patient is the subscriber."""
+    patient_url = ctx.patient
+    patient_is_subscriber = patient_url is not None and coverage.get("subscriber", {}).get("reference") == patient_url
+    code = in2.value(72)
     if in2.field(72) and "relationship" not in coverage:
-        relationship = cwe_to_codeable_concept(in2.rep(72), s, "Relationship", "0063")
+        relationship = cwe_to_codeable_concept(in2.rep(72), ctx.settings, None, "0344")
         if relationship is not None:
             coverage["relationship"] = relationship
+            if subscriber is not None and subscriber.get("resourceType") == "RelatedPerson":
+                subscriber.setdefault("relationship", []).append(relationship)
+            elif "subscriber" not in coverage and patient_url is not None:
+                if code == _SELF_0344:
+                    coverage["subscriber"] = ctx.bundle.reference(patient_url)
+                    patient_is_subscriber = True
+                elif code in _PERSON_0344:
+                    person = {
+                        "resourceType": "RelatedPerson",
+                        "patient": ctx.bundle.reference(patient_url),
+                        "relationship": [relationship],
+                    }
+                    coverage["subscriber"] = ctx.bundle.reference(ctx.add(person, in2, "RelatedPerson-subscriber"))
+    if patient_is_subscriber and patient_url is not None:
+        policy = next((i["value"] for i in coverage.get("identifier", []) if _type_of(i) == "SN"), "")
+        _member_number_of_patient(ctx, patient_url, member or policy)
 
 
 @segment_mapper("GT1", summary="GT1 → Account.guarantor (IG silent; see insurance.py)")

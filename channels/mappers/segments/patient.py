@@ -12,6 +12,9 @@ Choices where the IG leaves room:
   ``text`` (required). Table 0189 H/N/U map to 2135-2 / 2186-5 / UNK.
 - PID-7 with a time but no zone (and no channel ``timezone``): birthDate keeps the date and
   carries the v2 text as ``originalText`` instead of a patient-birthTime with a guessed zone.
+- PID-15 (primary language) → communication.language with ``preferred: true``: the IG row's
+  comment allows it "if you know that the value in PID-15 is the preferred patient
+  language", and v2 defines PID-15 as the patient's primary language.
 - PID-19 SSN: system http://hl7.org/fhir/sid/us-ssn (the IG's URI without its trailing dot),
   type SS.
 - PID-27, PID-31, PID-32 have no FHIR target in the IG (reported as unmapped fields).
@@ -276,9 +279,11 @@ def pid_to_patient(pid: Segment, ctx: MappingContext) -> None:
     telecom = _telecom(pid, 13, s, "home") + _telecom(pid, 14, s, "work") + _telecom(pid, 40, s)
     if telecom:
         patient["telecom"] = telecom
-    # PID-15 → communication.language (CWE[CodeableConcept])
+    # PID-15 → communication.language (CWE[CodeableConcept]); preferred: see the module docstring
     languages = [cwe_to_codeable_concept(rep, s, "PrimaryLanguage", "0296") for rep in pid.field(15)]
     communication = [{"language": lang} for lang in languages if lang is not None]
+    if communication:
+        communication[0]["preferred"] = True  # PID-15 is 0..1: a repetition beyond it is not "primary"
     if communication:
         patient["communication"] = communication
     # PID-16 → maritalStatus (MaritalStatus, table 0002)
