@@ -25,6 +25,7 @@ from engine.config.models import ChannelConfig, EngineConfig
 from engine.mllp.server import ConnectionInfo, MllpLimits, MllpServer
 from engine.mllp.tls import server_context
 from engine.obs import metrics
+from engine.obs.disk import record_store_filesystem
 from engine.pipeline.intake import Acceptance, Intake, IntakeSettings
 from engine.pipeline.runner import RetryPolicy, Runner
 from engine.pipeline.senders import sender_policy
@@ -436,6 +437,7 @@ class Engine:
                 metrics.DEAD_LETTERS.labels(name).set(stats.dead)
                 rt.stats = {"pending": stats.pending, "oldest_pending_age_s": round(max(0.0, age), 3),
                             "dead": stats.dead}
+            record_store_filesystem(self.config.store.path)
             await asyncio.sleep(_GAUGE_INTERVAL_S)
 
     async def _retention_loop(self) -> None:

@@ -207,6 +207,20 @@ class TestLeasesAcrossInstances:
             await asyncio.sleep(0.1)
         await holder.complete(mid)
 
+    async def test_a_message_blocked_by_another_instance_is_not_due(self, open_store: Open) -> None:
+        """next_due does not call a key held elsewhere due (no spinning), but an expired lease is."""
+        holder = await open_store(lease_timeout_s=0.5)
+        other = await open_store(lease_timeout_s=0.5)
+        await holder.ingest([inbound("A1", key="a"), inbound("A2", key="a")])
+        assert 1 == len(await holder.lease(CHANNEL, 1, time.time()))
+        assert await other.next_due(CHANNEL) is None
+        await holder.close()  # its lease now runs out
+
+        async def due() -> bool:
+            return await other.next_due(CHANNEL) is not None
+
+        assert await wait_for(due, timeout=10)
+
     async def test_two_instances_leasing_at_once_keep_per_key_order(
         self, open_store: Open, pg_url: str, schema: str
     ) -> None:

@@ -242,9 +242,28 @@ class TestMrgToPatientLink:
         assert survivor["link"] == [{"other": {"reference": urls[id(prior)]}, "type": "replaces"}]
         assert one(bundle, "Account")["identifier"][0]["value"] == "OLDACCT"  # MRG-3 → Account
 
-    def test_a40_without_mrg_is_a_mapping_error(self) -> None:
-        """A40 without MRG raises MappingError naming MRG."""
+    def test_a40_old_identifiers_and_conditional_match(self) -> None:
+        """The prior identifiers are use old on both Patients; the prior entry still matches on MRG-1."""
+        msh = MSH_A01.replace("ADT^A01^ADT_A01", "ADT^A40^ADT_A39")
+        results = convert_both(msh + "\rPID|1||NEW1^^^HOSP\rMRG|OLD1^^^HOSP")
+        bundle = results["R4B"].bundle
+        survivor, prior = resources(bundle, "Patient")
+        old = {"system": "urn:id:HOSP", "assigner": {"display": "HOSP"}, "value": "OLD1", "use": "old"}
+        assert prior["identifier"] == [old]
+        assert survivor["active"] is True and old in survivor["identifier"]
+        prior_entry = next(e for e in bundle["entry"] if e["resource"] is prior)
+        assert prior_entry["request"] == {"method": "PUT", "url": "Patient?identifier=urn:id:HOSP|OLD1"}
+
+    def test_a40_without_mrg_is_reported(self) -> None:
+        """A40 without MRG maps its PID and reports (MRG, "missing")."""
+        msh = MSH_A01.replace("ADT^A01^ADT_A01", "ADT^A40^ADT_A39")
+        result = convert_both(msh + "\rPID|1||NEW1\r")["R4B"]
+        assert len(resources(result.bundle, "Patient")) == 1
+        assert ("MRG", "missing") in result.unmapped
+
+    def test_a40_mrg_without_prior_identifier_is_a_mapping_error(self) -> None:
+        """An A40 MRG whose MRG-1, -2 and -4 are empty cannot express the merge: MappingError naming MRG-1."""
         msh = MSH_A01.replace("ADT^A01^ADT_A01", "ADT^A40^ADT_A39")
         with pytest.raises(MappingError) as info:
-            convert_both(msh + "\rPID|1||NEW1\r")
-        assert info.value.segment == "MRG"
+            convert_both(msh + "\rPID|1||NEW1\rMRG|||ACCT")
+        assert (info.value.segment, info.value.field) == ("MRG", "1")

@@ -65,6 +65,6 @@ class TestBeginnerExample:
         assert subscriber["name"] == [{"family": "THOMAS", "given": ["JAMES", "M"]}]  # IN1-16
         assert subscriber["relationship"][0]["coding"][0]["code"] == "F"  # IN1-17
         assert _resolve(bundle, subscriber["patient"]) is patient
-        assert coverage["identifier"][1]["value"] == "PRE2"  # IN1-2 → identifier
+        assert coverage["identifier"][0]["value"] == "PRE2"  # IN1-2 → identifier (first)
         assert coverage["class"][0]["value"] == "19601"  # IN1-8 → class (group)
         assert coverage["subscriberId"] == "ZKA535529776"  # IN1-36 → subscriberId / identifier

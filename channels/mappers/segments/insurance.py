@@ -12,9 +12,9 @@ IN1, beyond the IG's rows (IN1-2, -4, -5, -10, -11, -12, -13, -15, -16, -17, -49
   name (or its own group class when IN1-8 is empty).
 - IN1-35 company plan code → class {type plan, value}.
 - IN1-22 coordination-of-benefits priority → order (a positive integer); else IN1-1.
-- Coverage.identifier in this order: IN1-2 (XV), IN1-46 (use old), IN1-36 as MB (member
-  number; IN2-61 replaces it) and as SN (subscriber number), with IN2-8 (MA) and IN2-6 (MC)
-  before the SN. IN1-36 is also subscriberId. Coverage entries match on IN1-36
+- Coverage.identifier in this order: IN1-2 (XV), IN1-46 (use old), then IN2-61 (MB), IN2-8
+  (MA), IN2-6 (MC) when an IN2 follows, then IN1-36 as MB (member number) and as SN
+  (subscriber number). IN1-36 is also subscriberId. Coverage entries match on IN1-36
   (conditional update/create), not on IN1-2: the plan id is shared by every member.
 - IN1-46 prior insurance plan id → identifier with use "old".
 - Subscriber (IG IN1-16/IN1-17): IN1-17 = SEL (self) → the Patient; otherwise, when
@@ -25,7 +25,7 @@ IN2 (enriches the Coverage of the IN1 before it):
 - IN2-1 insured's employee id (CX) and IN2-2 insured's SSN → subscriber RelatedPerson
   identifiers (the Patient's when the subscriber is the patient).
 - IN2-6 Medicare number → Coverage.identifier type MC; IN2-8 Medicaid number → type MA;
-  IN2-61 patient member number → type MB (see the identifier order above).
+  IN2-61 patient member number → type MB (order above).
 - IN2-63 insured's telephone → subscriber telecom; IN2-72 patient's relationship to the
   insured (table 0344) → Coverage.relationship when IN1-17 is empty, and the subscriber
   when IN1 named none (01 → the Patient, a related person → a RelatedPerson).
@@ -335,18 +335,11 @@ def in2_to_coverage(in2: Segment, ctx: MappingContext) -> None:
             if in2.field(number):
                 ctx.reject(in2, number)
     ids = coverage.setdefault("identifier", [])
-    # IN2-61 patient member number replaces the MB the IN1-36 policy number stood in for;
-    # IN2-8 Medicaid (MA) and IN2-6 Medicare (MC) numbers come before the subscriber number.
+    # IN2-61 patient member number (MB), IN2-8 Medicaid (MA) and IN2-6 Medicare (MC) numbers
+    # go before the identifiers IN1-36 gave (MB, SN): the patient's own number comes first.
+    at = next((n for n, i in enumerate(ids) if _type_of(i) in ("MB", "SN")), len(ids))
     member = in2.value(61)
-    if member:
-        mb = next((i for i in ids if _type_of(i) == "MB"), None)
-        if mb is not None:
-            mb["value"] = member
-        else:
-            ids.append(_typed_identifier("MB", member))
-    at = next((n for n, i in enumerate(ids) if _type_of(i) == "SN"), len(ids))
-    for number, code in ((8, "MA"), (6, "MC")):
-        value = in2.value(number)
+    for value, code in ((member, "MB"), (in2.value(8), "MA"), (in2.value(6), "MC")):
         if value and _typed_identifier(code, value) not in ids:
             ids.insert(at, _typed_identifier(code, value))
             at += 1
@@ -368,18 +361,24 @@ def _in2_subscriber(
     relationship). IN2-61 → the Patient's member number when the patient is the subscriber."""
     patient_url = ctx.patient
     patient_is_subscriber = patient_url is not None and coverage.get("subscriber", {}).get("reference") == patient_url
-    code = in2.value(72)
+    code = in2.value(72).upper()
     if in2.field(72) and "relationship" not in coverage:
-        relationship = cwe_to_codeable_concept(in2.rep(72), ctx.settings, None, "0344")
+        # Table 0344 is numeric; feeds that send a table 0063 code (SPO) get the IG's map.
+        known_0063 = ctx.settings.vocab.lookup("Relationship", code) is not None
+        relationship = (
+            cwe_to_codeable_concept(in2.rep(72), ctx.settings, "Relationship", "0063")
+            if known_0063
+            else cwe_to_codeable_concept(in2.rep(72), ctx.settings, None, "0344")
+        )
         if relationship is not None:
             coverage["relationship"] = relationship
             if subscriber is not None and subscriber.get("resourceType") == "RelatedPerson":
                 subscriber.setdefault("relationship", []).append(relationship)
             elif "subscriber" not in coverage and patient_url is not None:
-                if code == _SELF_0344:
+                if code == _SELF_0344 or code == "SEL":
                     coverage["subscriber"] = ctx.bundle.reference(patient_url)
                     patient_is_subscriber = True
-                elif code in _PERSON_0344:
+                elif code in _PERSON_0344 or code in _PERSON_0063:
                     person = {
                         "resourceType": "RelatedPerson",
                         "patient": ctx.bundle.reference(patient_url),
