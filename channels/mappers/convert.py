@@ -38,7 +38,6 @@ from channels.mappers.v2 import V2Message, parse_message
 from channels.mappers.validate import validate_bundle
 from engine.types import MappingError
 
-
 MISSING = "missing"  # the "field" reported for a required segment the message lacks
 
 

@@ -53,7 +53,8 @@ Choices the IG leaves open (documented here, tested in tests/unit/test_mappers_d
 - Unknown CWE coding-system names (CWE.3) become ``urn:id:<name>`` too; known ones use
   channels/vocab/CodingSystems.json (table 0396) or ``HL7nnnn`` → terminology.hl7.org.
 - XTN with a number and no XTN.3: ``system = phone`` (XTN.1 is by definition a telephone
-  number); XTN.4 without XTN.3: ``email`` (IG); neither: data-absent-reason (IG).
+  number; the IG's XTN.3 rows would give data-absent-reason); XTN.4 without XTN.3:
+  ``email`` (IG); neither: data-absent-reason (IG).
 - Coded fields with a concept map: the IG's FHIR coding comes first, the original v2
   coding is kept after it when it differs (nothing is lost).
 - CX.6 (assigning facility): the IG's extension URL is unresolved ("extension??"), so CX.6
@@ -496,9 +497,7 @@ def fn_to_family(rep: Repetition, component: int, name: dict[str, Any]) -> None:
     if not family:
         return
     name["family"] = family
-    parts = [
-        {"url": url, "valueString": part} for sub, url in _FN_PARTS if (part := rep.component(component, sub))
-    ]
+    parts = [{"url": url, "valueString": part} for sub, url in _FN_PARTS if (part := rep.component(component, sub))]
     if parts:
         name["_family"] = {"extension": parts}
 
@@ -546,8 +545,8 @@ def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any]
     lines = [x for x in (*street, rep.component(2), rep.component(19)) if x]
     ext: list[dict[str, Any]] = []
     kind = rep.component(7)
-    if kind == "HV":
-        ext.append({"url": SD + "iso21090-AD-use", "valueCode": "H"})
+    if kind == "HV":  # IG XAD.7 row: the code itself (PostalAddressUse HV, vacation home)
+        ext.append({"url": SD + "iso21090-AD-use", "valueCode": "HV"})
     tract = rep.component(10)
     if tract:
         ext.append({"url": SD + "iso21090-ADXP-censusTract", "valueString": tract})
@@ -631,7 +630,7 @@ def xtn_to_contact_point(
     elif email and not rep.component(1):
         point["system"] = "email"
     elif value:
-        point["system"] = "phone"
+        point["system"] = "phone"  # XTN.1 is the "Telephone Number" component (see the module docstring)
     else:
         point["_system"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
     if value:

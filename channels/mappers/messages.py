@@ -101,7 +101,11 @@ def registrations() -> list[Registration]:
 
 @dataclass(frozen=True, slots=True)
 class MessageMap:
-    """What a message type needs (IG messages/*.csv): its structure and required segments."""
+    """What a message type needs (IG messages/*.csv): its structure and required segments.
+
+    A required segment the message lacks is reported by convert_message as
+    (segment, "missing") in the field accounting; the message is still mapped.
+    """
 
     structure: str
     required: tuple[str, ...] = ()

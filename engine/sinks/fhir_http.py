@@ -349,8 +349,10 @@ class FhirSink:
             follow_redirects=False,
             timeout=httpx.Timeout(connect=timeouts.connect_s, read=timeouts.read_s,
                                   write=timeouts.write_s, pool=timeouts.pool_s),
+            # Idle connections are dropped before common server idle timeouts (uvicorn and
+            # Node 5 s): reusing one the server is closing fails as an ambiguous error.
             limits=httpx.Limits(max_connections=config.max_connections,
-                                max_keepalive_connections=config.max_connections, keepalive_expiry=30.0),
+                                max_keepalive_connections=config.max_connections, keepalive_expiry=4.0),
         )
 
     async def check_health(self) -> bool:

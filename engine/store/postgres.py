@@ -30,16 +30,18 @@ its leases, so a slow batch is never taken over; once an instance dies its lease
 and any instance leases those messages again. `recover()` on start frees only this
 instance's leases and expired ones, never a live instance's.
 
-Per-key order across instances, and its cost: a lease runs in two short transactions.
-(1) The scan, in one read-only REPEATABLE READ snapshot: unfinished rows of the channel
-in id order (index only, no payload), through base.LeasePlanner; a `processing` row
-whose lease expired counts as due. (2) The claim: the chosen rows are locked
-`FOR UPDATE SKIP LOCKED` and re-read; a row another transaction holds right now, or
-that is no longer due, blocks its key, so later rows of that key are dropped from this
-lease; one UPDATE sets the rest to processing. No lock is held across the two, nor
-between leases and ingests: two instances leasing at once may each get fewer rows than
-asked, never a message of a key whose earlier message another instance holds. Cost: two
-round trips more than a single-statement lease, no waiting on other instances.
+Per-key order across instances, and its cost: a lease is two statements, no explicit
+transaction. (1) The scan: unfinished rows of the channel in id order (index only, no
+payload), windows of them through base.LeasePlanner; a `processing` row whose lease
+expired counts as due. (2) The claim, one statement: lock the chosen rows
+`FOR UPDATE SKIP LOCKED`, re-judge them as they are now, keep a row only while every
+chosen row of its key up to it is locked and still due (a row another transaction holds,
+or that stopped being due, blocks the rest of its key), and set the kept rows to
+processing. No lock is held between the two, nor between leases and ingests: two
+instances leasing at once may each get fewer rows than asked, never a message whose
+key's earlier message another instance holds. Cost: two round trips per lease, no
+waiting on other instances; `next_due` adds a bounded check so a key held elsewhere does
+not make a runner spin.
 
 What "earlier" means across instances: ids come from one sequence, but two ingest
 transactions on two instances may commit out of id order. Only messages that were in
@@ -99,11 +101,14 @@ from engine.types import (
 )
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from asyncpg.pool import PoolConnectionProxy  # type: ignore[import-untyped, unused-ignore]
 
-    Connection = PoolConnectionProxy[asyncpg.Record]
-    Pool = asyncpg.Pool[asyncpg.Record]
-    Record = asyncpg.Record
+    # Explicit aliases: without asyncpg-stubs these are Any, and mypy still accepts them.
+    Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+    Pool: TypeAlias = asyncpg.Pool[asyncpg.Record]
+    Record: TypeAlias = asyncpg.Record
 
 log = structlog.get_logger("hl7engine.store.postgres")
 
@@ -287,9 +292,12 @@ def _is_data_error(exc: BaseException) -> bool:
 
 
 def _is_database_error(exc: BaseException) -> bool:
-    """Errors from reaching or using the database (as opposed to bugs in this module)."""
-    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError
-                      | asyncpg.DataError | UnicodeError)
+    """Errors from reaching or using the database (as opposed to bugs in this module).
+
+    Every asyncpg exception counts: besides PostgresError and InterfaceError it raises
+    others (InternalClientError, ProtocolError ...) when a connection dies mid-call.
+    """
+    return isinstance(exc, OSError | TimeoutError | UnicodeError) or type(exc).__module__.startswith("asyncpg")
 
 
 def _unavailable(operation: str, exc: BaseException) -> StoreUnavailableError:
@@ -641,8 +649,7 @@ async def _quarantine(conn: Connection, jobs: list[_Job], now: float) -> list[An
         " ORDER BY ord RETURNING id",
         *(list(column) for column in zip(*(job.args for job in jobs), strict=True)),
     )
-    ids = sorted(int(r["id"]) for r in rows)
-    return list(ids)
+    return sorted(int(r["id"]) for r in rows)  # ids follow job order (ORDER BY ord)
 
 
 # ---------------------------------------------------------------- the store
@@ -882,61 +889,54 @@ class PostgresStore:
         chosen = await self._read("lease", lambda conn: self._scan(conn, channel, limit, now))
         if not chosen:
             return []
-        return await self._write("lease", lambda conn: self._claim(conn, chosen, now))
+        return await self._read("lease", lambda conn: self._claim(conn, chosen, now))
 
     async def _scan(self, conn: Connection, channel: str, limit: int, now: float) -> list[_Row]:
-        # One snapshot for every window: a row cannot move between windows unseen.
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            db_now = float(await conn.fetchval(f"SELECT {_DB_NOW}"))
-            planner = LeasePlanner(limit, now)
-            rows_by_id: dict[int, _Row] = {}
-            window = max(limit * LEASE_WINDOW_FACTOR, LEASE_MIN_WINDOW)
-            after_id = 0
-            for _ in range(LEASE_MAX_WINDOWS):
-                blocked = sorted(planner.blocked_keys)
-                if len(blocked) > MAX_EXCLUDED_KEYS:
-                    blocked = []
-                records = await conn.fetch(
-                    "SELECT id, ordering_key, status, next_attempt_at, leased_until FROM messages"  # noqa: S608
-                    f" WHERE channel = $1 AND {_UNFINISHED_SQL} AND id > $2"
-                    " AND ordering_key <> ALL($3::text[]) ORDER BY id LIMIT $4",
-                    channel, after_id, blocked, window,
-                )
-                rows = [_row(r) for r in records]
-                rows_by_id.update((row.id, row) for row in rows)
-                planner.feed(_candidate(row, db_now) for row in rows)
-                if planner.full or len(records) < window:
-                    break
-                after_id = rows[-1].id
+        """Pick candidates from the unfinished rows (index only), one statement per window.
+
+        Windows are separate snapshots; that is safe because `_claim` re-reads and
+        re-judges every chosen row under its lock.
+        """
+        planner = LeasePlanner(limit, now)
+        rows_by_id: dict[int, _Row] = {}
+        window = max(limit * LEASE_WINDOW_FACTOR, LEASE_MIN_WINDOW)
+        after_id = 0
+        for _ in range(LEASE_MAX_WINDOWS):
+            blocked = sorted(planner.blocked_keys)
+            if len(blocked) > MAX_EXCLUDED_KEYS:
+                blocked = []
+            records = await conn.fetch(
+                f"SELECT id, ordering_key, status, next_attempt_at, leased_until, {_DB_NOW} AS db_now"  # noqa: S608
+                f" FROM messages WHERE channel = $1 AND {_UNFINISHED_SQL} AND id > $2"
+                " AND ordering_key <> ALL($3::text[]) ORDER BY id LIMIT $4",
+                channel, after_id, blocked, window,
+            )
+            rows = [_row(r) for r in records]
+            rows_by_id.update((row.id, row) for row in rows)
+            planner.feed(_candidate(row, float(r["db_now"])) for row, r in zip(rows, records, strict=True))
+            if planner.full or len(records) < window:
+                break
+            after_id = rows[-1].id
         return [rows_by_id[i] for i in planner.chosen]
 
     async def _claim(self, conn: Connection, chosen: list[_Row], now: float) -> list[StoredMessage]:
-        """Lock the chosen rows, keep those still due in key order, set them to processing."""
-        locked = await conn.fetch(
-            f"SELECT id, ordering_key, status, next_attempt_at, leased_until, {_DB_NOW} AS db_now"  # noqa: S608
-            " FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED",
-            [row.id for row in chosen],
-        )
-        current = {int(r["id"]): (_row(r), float(r["db_now"])) for r in locked}
-        planner = LeasePlanner(len(chosen), now)
-        blocked: set[str] = set()
-        keep: list[int] = []
-        for row in chosen:
-            if row.ordering_key in blocked:
-                continue
-            seen = current.get(row.id)
-            # Held by another transaction right now, or no longer due: the key waits.
-            if seen is None or not planner.is_due(_candidate(*seen)):
-                blocked.add(row.ordering_key)
-                continue
-            keep.append(row.id)
-        if not keep:
-            return []
+        """One statement: lock the chosen rows (SKIP LOCKED), keep each only while every
+        chosen row of its key up to it is locked and still due, set those to processing."""
         records = await conn.fetch(
-            "UPDATE messages SET status = 'processing', attempts = attempts + 1, leased_by = $2,"  # noqa: S608
-            f" leased_until = {_DB_NOW} + $3, updated_at = $4"
-            f" WHERE id = ANY($1::bigint[]) RETURNING {_MESSAGE_COLUMNS}",
-            keep, self.instance_id, self.lease_timeout_s, self._clock(),
+            "WITH chosen AS (SELECT * FROM unnest($1::bigint[], $2::text[]) AS c(id, ordering_key)),"  # noqa: S608
+            " locked AS MATERIALIZED (SELECT id, status, next_attempt_at, leased_until FROM messages"
+            "  WHERE id = ANY($1::bigint[]) FOR UPDATE SKIP LOCKED),"
+            " judged AS (SELECT c.id, bool_and(COALESCE("
+            "   l.status = 'received'"
+            "   OR (l.status = 'retry' AND (l.next_attempt_at IS NULL OR l.next_attempt_at <= $3))"
+            f"   OR (l.status = 'processing' AND l.leased_until < {_DB_NOW}), false))"
+            "  OVER (PARTITION BY c.ordering_key ORDER BY c.id) AS keep"
+            "  FROM chosen c LEFT JOIN locked l ON l.id = c.id)"
+            " UPDATE messages m SET status = 'processing', attempts = attempts + 1, leased_by = $4,"
+            f" leased_until = {_DB_NOW} + $5, updated_at = $6"
+            f" FROM judged j WHERE m.id = j.id AND j.keep RETURNING {_prefixed('m', _MESSAGE_COLUMNS)}",
+            [row.id for row in chosen], [row.ordering_key for row in chosen], now,
+            self.instance_id, self.lease_timeout_s, self._clock(),
         )
         return sorted((_to_message(r) for r in records), key=lambda m: m.id)
 
@@ -1147,6 +1147,11 @@ async def _close_pool(pool: Pool) -> None:
         await asyncio.wait_for(pool.close(), timeout=10)
     except (TimeoutError, Exception):
         pool.terminate()
+
+
+def _prefixed(alias: str, columns: str) -> str:
+    """`a, b` -> `m.a, m.b`: a column list qualified by a table alias."""
+    return ", ".join(f"{alias}.{c.strip()}" for c in columns.split(","))
 
 
 def _rowcount(status: str) -> int:

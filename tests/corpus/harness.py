@@ -30,7 +30,7 @@ from channels.mappers.options import MappingOptions
 from channels.mappers.v2 import split_messages
 from channels.testing import DEFAULT_IGNORE_KEYS, SubsetComparator
 from engine.types import MappingError
-from tests.corpus import lfh
+from tests.corpus import ig_alignment, lfh
 
 CORPUS_ENV = "HL7ENGINE_CORPUS"
 REQUIRE_ENV = "HL7ENGINE_REQUIRE_SERVICES"
@@ -212,9 +212,21 @@ def normalise_cdc_expected(bundle: Mapping[str, Any]) -> dict[str, Any]:
         resource = entry.get("resource")
         if not isinstance(resource, Mapping) or _is_rs_only(resource):
             continue
-        cleaned = _strip_rs(resource)
+        cleaned = _drop_empty(_strip_rs(resource))
         entries.append({"resource": cleaned})
     return {"entry": entries}
+
+
+def _drop_empty(node: Any) -> Any:
+    """Empty objects and lists (`"name": {}`) are invalid FHIR JSON and carry no value: gone;
+    so is `meta.lastUpdated` (generated, never compared) with the `meta` it leaves empty."""
+    if isinstance(node, Mapping):
+        kept = {k: _drop_empty(v) for k, v in node.items() if k != "lastUpdated"}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        items = [_drop_empty(item) for item in node]
+        return [item for item in items if item not in ({}, [])]
+    return node
 
 
 def resources_only(bundle: Mapping[str, Any]) -> dict[str, Any]:
@@ -254,6 +266,9 @@ class PairScore:
     differences: list[str] = field(default_factory=list)
     error: str | None = None
     focus_passed: bool = False  # the folder's own resource types match (CDC_FOCUS)
+    ig_passed: bool = False  # passes once the documented differences are in the IG's form
+    ig_rules: list[str] = field(default_factory=list)  # the ig_alignment rules that applied
+    ig_differences: list[str] = field(default_factory=list)
 
 
 def _only_types(bundle: Mapping[str, Any], types: frozenset[str] | None) -> dict[str, Any]:
@@ -274,7 +289,21 @@ def score_cdc(message: CorpusMessage, converted: Converted, corpus: Path) -> Pai
     differences = [] if comparator.matches(expected, actual) else comparator.diff(expected, actual)
     focus = CDC_FOCUS.get(message.group)
     focus_passed = comparator.matches(_only_types(expected, focus), _only_types(actual, focus))
-    return PairScore(message.key, message.group, matched, total, not differences, differences, None, focus_passed)
+    aligned, rules = ig_alignment.align_cdc(expected, message.text)
+    ig_differences = [] if comparator.matches(aligned, actual) else comparator.diff(aligned, actual)
+    return PairScore(
+        message.key,
+        message.group,
+        matched,
+        total,
+        not differences,
+        differences,
+        None,
+        focus_passed,
+        not ig_differences,
+        rules,
+        ig_differences,
+    )
 
 
 # --------------------------------------------------------------------- Microsoft
@@ -387,10 +416,7 @@ def score_lfh(
         index = lfh.message_of_assertion(stmt, names) if len(names) > 1 else None
         if siblings is not None and index is not None:
             target_message, target = siblings[names[index]]
-        if target.bundle is None:
-            outcome = lfh.Outcome("fail", "not converted")
-        else:
-            outcome = lfh.evaluate(stmt, target.bundle)
+        outcome = lfh.Outcome("fail", "not converted") if target.bundle is None else lfh.evaluate(stmt, target.bundle)
         results.append(AssertionResult(message.group, segment, outcome.status, stmt, target_message.key))
     return results
 

@@ -408,10 +408,50 @@ def _lookup(node: Any, key: str) -> Any:
 # The type suffixes of FHIR choice elements (value[x], onset[x] …). Not "Id": `subscriberId`
 # is its own element, not subscriber[x].
 _CHOICE_TYPES = frozenset(
-    "Boolean Integer String DateTime Date Time Instant Decimal Uri Url Canonical Code Oid Uuid "
-    "PositiveInt UnsignedInt Base64Binary Markdown Period Quantity CodeableConcept Coding Reference "
-    "Range Ratio Attachment Age Duration Address Annotation ContactPoint HumanName Identifier Money "
-    "SampledData Signature Timing Dosage Count Distance Meta Expression".split()
+    [
+        "Boolean",
+        "Integer",
+        "String",
+        "DateTime",
+        "Date",
+        "Time",
+        "Instant",
+        "Decimal",
+        "Uri",
+        "Url",
+        "Canonical",
+        "Code",
+        "Oid",
+        "Uuid",
+        "PositiveInt",
+        "UnsignedInt",
+        "Base64Binary",
+        "Markdown",
+        "Period",
+        "Quantity",
+        "CodeableConcept",
+        "Coding",
+        "Reference",
+        "Range",
+        "Ratio",
+        "Attachment",
+        "Age",
+        "Duration",
+        "Address",
+        "Annotation",
+        "ContactPoint",
+        "HumanName",
+        "Identifier",
+        "Money",
+        "SampledData",
+        "Signature",
+        "Timing",
+        "Dosage",
+        "Count",
+        "Distance",
+        "Meta",
+        "Expression",
+    ]
 )
 
 
@@ -575,7 +615,7 @@ def _check(matcher: str, args: tuple[str, ...], actual: Any) -> bool:
     if matcher == "hasSize":
         size = literal_value(args[0])
         if actual is _MISSING:
-            return size == 0
+            return bool(size == 0)
         return isinstance(actual, list | str) and len(actual) == size
     if matcher == "isTrue":
         return actual is True

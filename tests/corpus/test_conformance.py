@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.corpus import harness, lfh, report
+from tests.corpus import harness, ig_alignment, lfh, report
 
 FLOORS_PATH = Path(__file__).with_name("floors.json")
 
@@ -124,6 +124,110 @@ class TestLfhEvaluate:
         assert lfh.assertion_segment('assertThat(org.getName()).isEqualTo("x"); // IN1.4') == "IN1"
         assert lfh.assertion_segment("assertThat(patient.getName()).hasSize(1);") == "PID"
         assert lfh.assertion_segment("assertThat(e).hasSize(1);") == "other"
+
+    def test_nth_resource_of_a_type(self) -> None:
+        """`patientTwo…` reads the second Patient of the Bundle, not any Patient."""
+        bundle = {
+            "entry": [
+                {"resource": {"resourceType": "Patient", "active": True, "identifier": [{"value": "A"}]}},
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "active": False,
+                        "identifier": [{"value": "B"}, {"value": "C"}],
+                    }
+                },
+            ]
+        }
+        assert lfh.evaluate("assertThat(patientTwo.getActive()).isFalse();", bundle).status == "pass"
+        assert lfh.evaluate("assertThat(patientOne.getActive()).isFalse();", bundle).status == "fail"
+        assert lfh.evaluate("assertThat(patientTwoIdentifierList).hasSize(2);", bundle).status == "pass"
+        assert lfh.evaluate("assertThat(patientThree.getActive()).isTrue();", bundle).status == "fail"
+
+    def test_primitive_choice_accessors_and_lists_in_variables(self) -> None:
+        """getDeceasedDateTimeType() reads deceasedDateTime; `encParticipantList` is Encounter.participant."""
+        bundle = {
+            "entry": [
+                {"resource": {"resourceType": "Patient", "deceasedDateTime": "2006"}},
+                {"resource": {"resourceType": "Encounter", "participant": [{}, {"x": 1}]}},
+                {"resource": {"resourceType": "Coverage", "subscriberId": "S1"}},
+            ]
+        }
+        stmt = 'assertThat(patient.getDeceasedDateTimeType().asStringValue()).isEqualTo("2006");'
+        assert lfh.evaluate(stmt, bundle).status == "pass"
+        assert lfh.evaluate("assertThat(encParticipantList).hasSize(2);", bundle).status == "pass"
+        assert lfh.evaluate("assertThat(coverage.hasSubscriber()).isFalse();", bundle).status == "pass"
+
+    def test_ids_and_run_together_enums(self) -> None:
+        """Expected resource ids are not judged; REPLACEDBY is the FHIR code replaced-by."""
+        bundle = {"entry": [{"resource": {"resourceType": "Patient", "link": [{"type": "replaced-by"}]}}]}
+        assert _status('assertThat(payorOrgId).isEqualTo("Organization/idvalue1");') == "unsupported"
+        stmt = "assertThat(patient.getLink().get(0).getType()).isEqualTo(Patient.LinkType.REPLACEDBY);"
+        assert lfh.evaluate(stmt, bundle).status == "pass"
+
+    def test_statement_about_another_message_of_the_method(self) -> None:
+        """`patientObjDeceasedEmpty` belongs to the message held in `patientMsgDeceasedEmpty`."""
+        names = ["patientMsgDeceasedEmpty", "patientMsgNotDeadBooleanN"]
+        assert lfh.message_of_assertion("assertThat(patientObjNotDeadBooleanN.hasDeceased()).isTrue();", names) == 1
+        assert lfh.message_of_assertion("assertThat(patient.hasDeceased()).isTrue();", names) is None
+
+    def test_contradicting_branches_are_found(self) -> None:
+        """Statements giving one subject two expectations (switch branches) are flagged; the rest are not."""
+        stmts = [
+            "assertThat(patient.getTelecom().get(0).getSystem()).isEqualTo(ContactPoint.ContactPointSystem.PHONE);",
+            "assertThat(patient.getTelecom().get(0).getSystem()).isEqualTo(ContactPoint.ContactPointSystem.FAX);",
+            "assertThat(patient.hasTelecom()).isTrue();",
+        ]
+        assert lfh.branch_dependent(stmts) == {0, 1}
+
+
+class TestIgAlignment:
+    MESSAGE = "MSH|^~\\&|APP||||20230501102531-0400||ORU^R01^ORU_R01|1||2.5.1\rPID|1||M1||DOE^JANE^^^^^B"
+
+    def _aligned(self, resources: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        aligned, rules = ig_alignment.align_cdc({"entry": [{"resource": r} for r in resources]}, self.MESSAGE)
+        return [e["resource"] for e in aligned["entry"]], rules
+
+    def test_provenances_the_ig_does_not_ask_for_are_dropped(self) -> None:
+        """Without MSH-4/MSH-22 and PID-34 neither the source nor the Patient Provenance is expected."""
+        source = {"resourceType": "Provenance", "activity": {"coding": [{"display": "ORU^R01^ORU_R01"}]}}
+        patient = {"resourceType": "Provenance", "activity": {"coding": [{"code": "UPDATE"}]}}
+        kept, rules = self._aligned([source, patient])
+        assert kept == [] and {"provenance-source", "provenance-patient"} <= set(rules)
+
+    def test_source_provenance_display_in_ig_form(self) -> None:
+        """With MSH-4 the source Provenance stays, its display prefixed "message - " as the IG's MSH-9 row says."""
+        source = {"resourceType": "Provenance", "activity": {"coding": [{"display": "ORU^R01^ORU_R01"}]}}
+        message = self.MESSAGE.replace("|APP||", "|APP|FAC|")
+        aligned, _ = ig_alignment.align_cdc({"entry": [{"resource": source}]}, message)
+        assert aligned["entry"][0]["resource"]["activity"] == {"coding": [{"display": "message - ORU^R01^ORU_R01"}]}
+
+    def test_value_rewrites_are_narrow(self) -> None:
+        """Check-digit scheme → valueString, non-URI systems dropped, B-name official dropped, Z time → date."""
+        practitioner = {
+            "resourceType": "Patient",
+            "identifier": [
+                {
+                    "system": "Namespace",
+                    "extension": [{"url": ig_alignment.SD + "namingsystem-checkDigit", "valueCode": "NPI"}],
+                }
+            ],
+            "name": [{"family": "DOE", "use": "official"}],
+            "birthDate": "2023-05-01T10:25:31Z",
+        }
+        (aligned,), _ = self._aligned([practitioner])
+        assert aligned["identifier"] == [
+            {"extension": [{"url": ig_alignment.SD + "namingsystem-checkDigit", "valueString": "NPI"}]}
+        ]
+        assert aligned["name"] == [{"family": "DOE"}]
+        assert aligned["birthDate"] == "2023-05-01T10:25:31Z"  # MSH-7 carries an offset for that instant
+        (zoneless,), _ = self._aligned([{"resourceType": "Observation", "effectiveDateTime": "2024-10-15T03:43:04Z"}])
+        assert zoneless["effectiveDateTime"] == "2024-10-15"
+
+    def test_every_rule_is_documented(self) -> None:
+        """Each alignment rule id appears in deliberate_differences.md."""
+        text = (Path(__file__).parent / "deliberate_differences.md").read_text(encoding="utf-8")
+        assert [rule for rule in ig_alignment.RULES if f"`{rule}`" not in text] == []
 
 
 class TestCdcNormalisation:

@@ -2,8 +2,9 @@
 
 What it proves (DESIGN.md §5.1-2, §5.5 across instances):
 - every message an instance answered AA reaches a sink at least once (the union of the
-  two instances' file sinks), including messages the killed instance had stored and
-  leased: its restart takes back its own leases, the survivor takes expired ones;
+  two instances' file sinks), including the messages the killed instance was working on:
+  it is killed while it holds leases, and the survivor takes them over once they expire
+  (before the killed instance restarts); only those may be delivered twice;
 - a resend of a message through the other instance is deduplicated (stored once);
 - per-patient order holds in delivery. Order across two files cannot be read from the
   files alone, so the proof has two halves: (1) inside each file, a patient's messages
@@ -20,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +97,28 @@ class Instance:
     out: Path
 
 
+async def start_instance(directory: Path, url: str, name: str) -> Instance:
+    """Start one engine on free ports and wait until it is ready.
+
+    A port found free can be taken by another process before the engine binds it (other
+    test runs share the machine): then the engine exits, and it is tried again on new
+    ports (at most three times).
+    """
+    for attempt in range(3):
+        mllp_port, admin_port = free_port(), free_port()
+        config = write_engine_config(directory, url=url, name=name, mllp_port=mllp_port, admin_port=admin_port)
+        process = EngineProcess(config, admin_port, directory / f"engine-{name}.log")
+        process.start()
+        try:
+            await asyncio.to_thread(process.wait_ready, 60)
+        except RuntimeError:  # exited before ready
+            if attempt == 2:
+                raise
+            continue
+        return Instance(name, mllp_port, process, directory / f"out-{name}.ndjson")
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Progress:
     """AAs counted over all senders; `reached` is set once `target` of them arrived."""
@@ -155,13 +180,73 @@ class Sender:
             writer.close()
 
 
+def delivery_lines(path: Path) -> list[str]:
+    """Control ids (Bundle.identifier = MSH-10) of a sink file's lines, in file order."""
+    if not path.exists():
+        return []
+    # Whole lines only: the sink may be half-way through a write right now.
+    return [json.loads(line)["identifier"]["value"] for line in path.read_bytes().split(b"\n")[:-1]]
+
+
 def first_deliveries(path: Path) -> list[str]:
-    """Control ids (Bundle.identifier = MSH-10) in the order they first appear in a sink file."""
-    seen: dict[str, None] = {}
-    if path.exists():
-        for line in path.read_bytes().split(b"\n")[:-1]:  # whole lines only
-            seen.setdefault(json.loads(line)["identifier"]["value"], None)
-    return list(seen)
+    """Control ids in the order they first appear in a sink file."""
+    return list(dict.fromkeys(delivery_lines(path)))
+
+
+async def leases_of(conn: asyncpg.Connection, instance_id: str) -> dict[int, str]:
+    rows = await conn.fetch(
+        "SELECT id, control_id FROM messages WHERE status = 'processing' AND leased_by = $1", instance_id
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+async def kill_while_holding_leases(process: EngineProcess, url: str, *, instance_id: str) -> dict[int, str]:
+    """SIGKILL `process` at a moment it holds leases; returns them (id -> control id).
+
+    A batch is in flight for milliseconds, so: poll until the instance holds leases,
+    freeze it (SIGSTOP), check it still holds them (else thaw and try again), SIGKILL.
+    """
+    assert process.proc is not None
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        for _ in range(20_000):  # bounded: at these rates leases show up within a second
+            if await leases_of(conn, instance_id):
+                process.proc.send_signal(signal.SIGSTOP)
+                held = await leases_of(conn, instance_id)
+                if held:
+                    process.kill()
+                    return held
+                process.proc.send_signal(signal.SIGCONT)
+        raise AssertionError(f"{instance_id} never held a lease to be killed with")
+    finally:
+        await conn.close()
+
+
+async def attempts_of(url: str, ids: dict[int, str]) -> dict[int, tuple[str, int]]:
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        rows = await conn.fetch("SELECT id, status, attempts FROM messages WHERE id = ANY($1::bigint[])", list(ids))
+    finally:
+        await conn.close()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def taken_over(url: str, held: dict[int, str], timeout: float) -> bool:
+    """True once none of `held` is still processing under the dead instance's lease."""
+    conn = await asyncpg.connect(url, timeout=10)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = await conn.fetch(
+                "SELECT count(*) FROM messages WHERE id = ANY($1::bigint[]) AND status = 'processing'"
+                " AND leased_by = 'engine-a'", list(held),
+            )
+            if rows[0][0] == 0:
+                return True
+            await asyncio.sleep(0.1)
+        return False
+    finally:
+        await conn.close()
 
 
 async def unfinished(url: str) -> int:
@@ -196,28 +281,23 @@ class TestTwoEnginesOnePostgres:
         self, tmp_path: Path, database: str
     ) -> None:
         """4 senders x 200 messages over two instances, one SIGKILLed and restarted: all AA'd delivered, in order."""
-        instances = []
-        for name in ("a", "b"):
-            mllp_port, admin_port = free_port(), free_port()
-            config = write_engine_config(tmp_path, url=database, name=name, mllp_port=mllp_port,
-                                         admin_port=admin_port)
-            process = EngineProcess(config, admin_port, tmp_path / f"engine-{name}.log")
-            instances.append(Instance(name, mllp_port, process, tmp_path / f"out-{name}.ndjson"))
-        a, b = instances
+        instances: list[Instance] = []
         stop_at = time.monotonic() + DEADLINE_S
         try:
-            a.process.start()
-            await asyncio.to_thread(a.process.wait_ready, 60)  # a creates the schema
+            instances.append(await start_instance(tmp_path, database, "a"))  # a creates the schema
             await install_order_audit(database)
-            b.process.start()
-            await asyncio.to_thread(b.process.wait_ready, 60)
+            instances.append(await start_instance(tmp_path, database, "b"))
+            a, b = instances
 
             progress = Progress(KILL_AFTER_ACKS)
             senders = [Sender(i, (a.mllp_port, b.mllp_port), progress) for i in range(SENDERS)]
             traffic = asyncio.gather(*(s.run(stop_at) for s in senders))
             await asyncio.wait_for(progress.reached.wait(), timeout=DEADLINE_S / 2)
-            a.process.kill()  # SIGKILL mid-run: in-flight leases and unACKed frames die with it
+            # SIGKILL mid-run while a holds leases: its in-flight messages and unACKed
+            # frames die with it. b must take those messages over once the leases expire.
+            held = await kill_while_holding_leases(a.process, database, instance_id="engine-a")
             killed_at = progress.count
+            assert await taken_over(database, held, timeout=LEASE_TIMEOUT_S * 10), "b never took a's leases over"
             a.process.start()
             await asyncio.to_thread(a.process.wait_ready, 60)
             await asyncio.wait_for(traffic, timeout=max(1.0, stop_at - time.monotonic()))
@@ -238,7 +318,15 @@ class TestTwoEnginesOnePostgres:
             assert 0 == await unfinished(database)
 
             # Resends through the other instance were deduplicated: one row per control id.
-            assert {1} == set((await stored_per_control_id(database)).values())
+            stored = await stored_per_control_id(database)
+            assert {1} == set(stored.values())
+            # b leased a's in-flight messages again (a second attempt) and finished them.
+            assert {"done"} == {status for status, _ in (await attempts_of(database, held)).values()}
+            assert min(n for _, n in (await attempts_of(database, held)).values()) >= 2
+            # At least once, and more than once only for what a held when it died.
+            lines = Counter(cid for instance in instances for cid in delivery_lines(instance.out))
+            repeated = {cid for cid, count in lines.items() if count > 1}
+            assert repeated <= set(held.values()), "only messages in flight at the kill may be delivered twice"
 
             # Order, half 1: within each instance's file, each patient's messages first
             # appear in sequence order.

@@ -112,6 +112,35 @@ class TestSchema:
             await store.open()
 
 
+class TestConnectionLoss:
+    async def test_killed_server_connections_fail_calls_cleanly_and_the_store_recovers(
+        self, open_store: Open, pg_url: str
+    ) -> None:
+        """Backends killed under the store: calls fail as StoreUnavailableError (AR 207), then work again."""
+        store = await open_store(pool_min=2)
+        await store.ingest([inbound("C0")])
+        conn = await asyncpg.connect(pg_url)
+        try:
+            killed = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'hl7engine' AND datname = current_database()"
+            )
+        finally:
+            await conn.close()
+        assert killed >= 1
+        outcomes: list[str] = []
+        for n in range(1, 6):  # bounded: the pool replaces a dead connection on its next use
+            try:
+                (result,) = await store.ingest([inbound(f"C{n}")])
+            except StoreUnavailableError as exc:
+                assert f"C{n}" not in str(exc)
+                outcomes.append("unavailable")
+                continue
+            outcomes.append(result.outcome)
+            break
+        assert "stored" == outcomes[-1], outcomes
+
+
 class TestDedupAcrossInstances:
     async def test_the_same_message_through_two_instances_is_stored_once(self, open_store: Open) -> None:
         """Resends racing through two instances: one row, one id and the original ACK for all."""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from channels.mappers.datatypes import (
     HD,
     ORIGINAL_TEXT,
+    SD,
     cq_to_quantity,
     cwe_to_codeable_concept,
     cx_to_identifier,
@@ -257,6 +258,12 @@ class TestXadToAddress:
         }
         _valid_in_both({"resourceType": "Patient", "address": [address]})
 
+    def test_vacation_home_keeps_its_code(self) -> None:
+        """XAD.7 HV → iso21090-AD-use with the code HV itself (IG XAD.7 row; PostalAddressUse HV)."""
+        address = xad_to_address(rep("1 MAIN ST^^SPRINGFIELD^^^^HV"), S)
+        assert address is not None
+        assert address["extension"] == [{"url": f"{SD}iso21090-AD-use", "valueCode": "HV"}]
+
     @hsettings(max_examples=60, deadline=None)
     @given(
         parts=st.lists(st.one_of(st.just(""), _word), min_size=6, max_size=6),
@@ -387,6 +394,29 @@ class TestXcnToPractitioner:
         assert practitioner["name"][0]["use"] == "official"  # XCN.10
         assert practitioner["qualification"][0]["code"]["coding"][0]["code"] == "MD"  # XCN.7
         _valid_in_both(practitioner)
+
+    def test_name_follows_fn_and_xcn_rows(self) -> None:
+        """XCN.2 through FN[HumanName] (own/partner parts), XCN.5/.7/.21 → suffix, XCN.18 → assembly order."""
+        practitioner = xcn_to_practitioner(
+            rep("7^VAN BEETHOVEN&VAN&BEETHOVEN&VAL&ROGER^LUDWIG^^2ND^DR^MD^^^L^^^^^^^^G^^^PHD"), S
+        )
+        assert practitioner is not None
+        name = practitioner["name"][0]
+        assert name["family"] == "VAN BEETHOVEN"  # FN.1
+        assert [e["valueString"] for e in name["_family"]["extension"]] == ["VAN", "BEETHOVEN", "VAL", "ROGER"]
+        assert name["suffix"] == ["2ND", "MD", "PHD"]  # XCN.5, XCN.7 (degree), XCN.21
+        assert name["extension"] == [{"url": f"{SD}humanname-assembly-order", "valueCode": "G"}]  # XCN.18
+        assert name["use"] == "official"  # XCN.10 L
+        _valid_in_both(practitioner)
+
+    def test_check_digit_scheme_is_a_string(self) -> None:
+        """XCN.11 / XCN.12 → identifier-checkDigit and namingsystem-checkDigit, both valueString (IG rows)."""
+        practitioner = xcn_to_practitioner(rep("7^DOE^^^^^^^^^A^NPI"), S)
+        assert practitioner is not None
+        assert practitioner["identifier"][0]["extension"] == [
+            {"url": f"{SD}identifier-checkDigit", "valueString": "A"},
+            {"url": f"{SD}namingsystem-checkDigit", "valueString": "NPI"},
+        ]
 
 
 class TestXonToOrganization:

@@ -144,6 +144,18 @@ class TestPv1ToEncounter:
         assert bed["description"] == "Window bed"  # PL.9
         assert bed["operationalStatus"]["code"] == "O"  # PV1-40
 
+    def test_location_assigning_authority(self) -> None:
+        """PL.11 → identifier.assigner of every level; PL.10 (EI) keeps only EI.1 then (IG DefaultAssigner rows)."""
+        pv1 = _segment("PV1", {1: "1", 2: "I", 3: "^101^^HOSP^^^^^^ENT9&NS&1.2&ISO^AUTH&1.2.3&ISO"})
+        bundle = _convert(_message(pv1))
+        room = _by_url(bundle, _one(bundle, "Encounter")["location"][0]["location"]["reference"])
+        site = _by_url(bundle, room["partOf"]["reference"])
+        authority = next(o for o in _all(bundle, "Organization") if o.get("name") == "AUTH")
+        authority_url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is authority)
+        for identifier in room["identifier"] + site["identifier"]:
+            assert identifier["assigner"] == {"reference": authority_url}  # PL.11
+        assert {"value": "ENT9", "assigner": {"reference": authority_url}} in room["identifier"]  # PL.10 EI.1
+
     def test_prior_and_temporary_locations(self) -> None:
         """PV1-6 is completed; PV1-11 is active with the temporary classification."""
         enc = _one(_convert(_message(FULL_PV1)), "Encounter")

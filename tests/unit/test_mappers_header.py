@@ -70,6 +70,28 @@ class TestMshToMessageHeader:
         assert resources(result.bundle, "Provenance") == []
         assert ("MSH", "7") in result.unmapped
 
+    def test_country_without_sending_facility_is_reported(self) -> None:
+        """MSH-17 without MSH-4: no sender (an Organization with only a country breaks org-1), MSH-17 reported."""
+        msh = MSH.replace("|HOSP|", "||")
+        result = convert_both(msh + "\r" + PID + "\r")["R4B"]
+        assert "sender" not in one(result.bundle, "MessageHeader")
+        assert all(o.get("name") or o.get("identifier") for o in resources(result.bundle, "Organization"))
+        assert resources(result.bundle, "Provenance") == []  # IG message maps: "if there is a source in MSH-4"
+        assert ("MSH", "17") in result.unmapped
+
+    def test_source_provenance_activity(self) -> None:
+        """IG MSH-9 row: activity.coding.display is "message - " + MSG.1^MSG.2^MSG.3."""
+        bundle = convert_both(MSH + "\r" + PID + "\r")["R4B"].bundle
+        provenance = one(bundle, "Provenance")
+        assert provenance["activity"] == {"coding": [{"display": "message - ADT^A08^ADT_A01"}]}
+
+    def test_security_and_alternate_language(self) -> None:
+        """MSH-8 → meta.security code; MSH-19.4 gives the language when MSH-19.1 is empty."""
+        msh = MSH.replace("||ADT^A08", "|SEC1|ADT^A08").replace("|en", "|^^^EN-US")
+        header = one(convert_both(msh + "\r" + PID + "\r")["R4B"].bundle, "MessageHeader")
+        assert header["meta"]["security"] == [{"code": "SEC1"}]
+        assert header["language"] == "EN-US"
+
     def test_missing_message_type_is_a_mapping_error(self) -> None:
         """An MSH without MSH-9 raises MappingError naming MSH-9."""
         with pytest.raises(MappingError) as info:

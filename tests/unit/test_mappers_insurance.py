@@ -140,6 +140,45 @@ class TestIn1ToCoverage:
         assert any(i["value"] == "MEDICAID2" for i in second["identifier"])
         assert not any(i["value"] == "MEDICAID2" for i in first["identifier"])
 
+    def test_identifier_order_and_numbers(self) -> None:
+        """Coverage.identifier: IN1-2 (XV), IN1-46 (use old), then IN1-36 as MB and as SN."""
+        coverage = one(_convert(IN1_RELATED)[0], "Coverage")
+        kinds = [
+            (i.get("type", {}).get("coding", [{}])[0].get("code"), i.get("use"), i["value"])
+            for i in coverage["identifier"]
+        ]
+        assert kinds == [
+            ("XV", None, "PLAN7"),
+            (None, "old", "OLDPLAN"),
+            ("MB", None, "POL123"),
+            ("SN", None, "POL123"),
+        ]
+
+    def test_set_id_orders_the_coverage_without_a_priority(self) -> None:
+        """IN1-22 gives Coverage.order; without it, IN1-1 (the group's position) does."""
+        assert one(_convert(IN1_RELATED)[0], "Coverage")["order"] == 2  # IN1-22
+        bundle, _ = _convert(segment("IN1", {1: "3", 4: "PAYER", 17: "SEL", 36: "P1"}))
+        assert one(bundle, "Coverage")["order"] == 3  # IN1-1
+
+    def test_self_subscriber_member_number_on_the_patient(self) -> None:
+        """IN1-17 SEL: the member number (IN1-36, else IN2-61) is a Patient identifier of type MB."""
+        bundle, _ = _convert(segment("IN1", {1: "1", 4: "PAYER", 17: "SEL", 36: "P1"}), segment("IN2", {61: "M61"}))
+        members = [
+            i
+            for i in one(bundle, "Patient")["identifier"]
+            if i.get("type", {}).get("coding", [{}])[0].get("code") == "MB"
+        ]
+        assert [i["value"] for i in members] == ["M61"]
+
+    def test_related_subscriber_without_a_name(self) -> None:
+        """IN1-17 naming a relative (PAR) makes the subscriber RelatedPerson even without IN1-16; EMR does not."""
+        bundle, _ = _convert(segment("IN1", {1: "1", 4: "PAYER", 17: "PAR", 36: "P1"}))
+        parent = one(bundle, "RelatedPerson")
+        assert one(bundle, "Coverage")["subscriber"] == {"reference": _url(bundle, parent)}
+        assert parent["relationship"][0]["coding"][0]["code"] == "PRN"  # Relationship map PAR → PRN
+        bundle, _ = _convert(segment("IN1", {1: "1", 4: "PAYER", 17: "EMR", 36: "P1"}))
+        assert resources(bundle, "RelatedPerson") == [] and "subscriber" not in one(bundle, "Coverage")
+
     def test_missing_payor_is_marked_absent(self) -> None:
         """Without IN1-3/-4/-5 the required payor carries data-absent-reason, not an invented name."""
         bundle, _ = _convert(segment("IN1", {1: "1", 17: "SEL", 36: "P1"}))
@@ -174,6 +213,20 @@ class TestIn2:
         assert any(i["value"] == "MEMBER61" for i in coverage["identifier"])  # IN2-61
         assert coverage["relationship"]["coding"][0]["code"] == "SPS"  # IN2-72 (IN1-17 empty)
         assert [f for s, f in unmapped if s == "IN2"] == []
+
+    def test_relationship_table_0344_names_the_subscriber(self) -> None:
+        """IN2-72 (table 0344) with IN1-17 empty: 04 → a RelatedPerson subscriber, 01 → the Patient."""
+        bundle, _ = _convert(segment("IN1", {1: "1", 4: "PAYER", 36: "P1"}), segment("IN2", {72: "04"}))
+        child = one(bundle, "RelatedPerson")
+        coverage = one(bundle, "Coverage")
+        assert coverage["subscriber"] == {"reference": _url(bundle, child)}
+        assert coverage["relationship"]["coding"][0] == {
+            "system": "http://terminology.hl7.org/CodeSystem/v2-0344",
+            "code": "04",
+        }
+        bundle, _ = _convert(segment("IN1", {1: "1", 4: "PAYER", 36: "P1"}), segment("IN2", {72: "01"}))
+        coverage = one(bundle, "Coverage")
+        assert coverage["subscriber"] == coverage["beneficiary"] and resources(bundle, "RelatedPerson") == []
 
 
 class TestGt1ToGuarantor:

@@ -144,6 +144,13 @@ class TestOruR01:
         assert observation["specimen"] == {"reference": url}
         assert specimen["collection"]["collectedDateTime"] == "2024-01-02T08:00:00+01:00"
 
+    def test_collector_comment_is_a_specimen_note(self) -> None:
+        """OBR-39 → the OBR Specimen's note, the whole field as text (IG OBR[Specimen], CWE[Annotation])."""
+        obr = _segment("OBR", {1: "1", 3: "F1", 4: "GLU^Glucose", 39: "C1^Hemolyzed sample~Second"})
+        bundle = _convert(_message("ORU^R01^ORU_R01", obr))
+        specimen = _all(bundle, "Specimen")[0]
+        assert specimen["note"] == [{"text": "C1^Hemolyzed sample"}, {"text": "Second"}]
+
     def test_spm_specimen_replaces_the_obr_link(self) -> None:
         """An SPM gives a Specimen of its own that the group's observations point at."""
         spm = _segment(

@@ -103,6 +103,7 @@ class TestPidToPatient:
         assert patient["telecom"][2]["use"] == "work"
         # PID-15 → communication.language
         assert patient["communication"][0]["language"]["coding"][0]["code"] == "eng"
+        assert patient["communication"][0]["preferred"] is True  # PID-15 is the primary language
         # PID-16 → maritalStatus (v3 code first)
         assert patient["maritalStatus"]["coding"][0]["code"] == "M"
         # PID-17 → patient-religion
@@ -136,6 +137,32 @@ class TestPidToPatient:
         assert patient["deceasedDateTime"] == "2024-01-02"  # PID-29
         assert patient["birthDate"] == "1970-01-01"  # PID-7
         assert patient["_birthDate"]["extension"][0]["valueString"] == "19700101123000"
+
+    def test_last_update_facility_gives_a_patient_provenance(self) -> None:
+        """IG PID[Provenance-Patient]: PID-34 → agent (performer Organization), PID-33 → occurred, activity UPDATE."""
+        pid = segment("PID", {1: "1", 3: "M1", 5: "DOE^JANE", 33: "20240102030405-0500", 34: "UPD FAC^1.2.3^ISO"})
+        bundle, unmapped = _patient(pid)
+        patient = one(bundle, "Patient")
+        urls = {id(e["resource"]): e["fullUrl"] for e in bundle["entry"]}
+        provenances = [p for p in resources(bundle, "Provenance") if p["target"] == [{"reference": urls[id(patient)]}]]
+        assert len(provenances) == 1
+        provenance = provenances[0]
+        assert provenance["activity"]["coding"] == [
+            {"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE"}
+        ]
+        assert provenance["occurredDateTime"] == "2024-01-02T03:04:05-05:00"  # PID-33
+        assert provenance["recorded"] == "2024-01-01T12:00:00-05:00"  # MSH-7 stands in for the transformation time
+        agent = provenance["agent"][0]
+        assert agent["type"]["coding"][0]["code"] == "performer"
+        assert agent["who"] == {"reference": urls[id(by_name(bundle, "Organization", "UPD FAC"))]}  # PID-34
+        assert ("PID", "33") not in unmapped and ("PID", "34") not in unmapped
+
+    def test_last_update_time_alone_is_reported(self) -> None:
+        """PID-33 without PID-34 makes no Provenance (IG condition) and is reported unmapped."""
+        bundle, unmapped = _patient(segment("PID", {1: "1", 3: "M1", 33: "20240102030405-0500"}))
+        patient_provenance = [p for p in resources(bundle, "Provenance") if p.get("activity", {}).get("coding")]
+        assert all(c.get("code") != "UPDATE" for p in patient_provenance for c in p["activity"]["coding"])
+        assert ("PID", "33") in unmapped
 
     def test_invalid_values_are_reported_not_invented(self) -> None:
         """An invalid PID-7 or PID-8 is left out of the Patient and reported as an unmapped field."""

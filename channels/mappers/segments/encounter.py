@@ -110,11 +110,15 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
 
     PL.1/2/3/4/7/8 (HD) → Location.identifier (HD[Identifier]), mode "instance" and
     physicalType (bd, ro, lvl, wa, bu, si); PL.9 → description and PL.10 (EI) →
-    identifier[2] of the most granular Location; PL.5 → its status when a FHIR code.
+    identifier[2] of the most granular Location; PL.5 → its status when a FHIR code;
+    PL.11 (HD[Organization]) → identifier.assigner of every level, PL.10's when EI.2-4 is empty.
     """
     levels = [(comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp, 1) or rep.component(comp, 2)]
     if not levels:
         return None
+    # PL.11 → identifier.assigner of every level (and PL.10's default assigner)
+    authority = dt.hd_to_organization(dt.hd_of(rep, 11))
+    assigner = ctx.bundle.reference(ctx.add(authority, seg, f"{kind}-Organization-11")) if authority else None
     urls: list[str] = []
     for position, (comp, code) in enumerate(levels):
         location: dict[str, Any] = {
@@ -130,9 +134,16 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
             description = rep.component(9)
             if description:
                 location["description"] = description
-            entity = _ei_organization(seg, rep, 10, ctx, f"{kind}-Organization-10")
+            if assigner is None:
+                entity = _ei_organization(seg, rep, 10, ctx, f"{kind}-Organization-10")
+            else:  # IG PL.10 "IF PL.11 VALUED" → EI[Identifier-DefaultAssigner]: EI.1 only
+                value = component_as_repetition(seg, rep, 10).component(1)
+                entity = {"value": value} if value else None
             if entity is not None:
                 location["identifier"].append(entity)
+        if assigner is not None:
+            for ident in location["identifier"]:
+                ident.setdefault("assigner", dict(assigner))
         urls.append(ctx.add(location, seg, f"{kind}-{code}"))
     for child, parent in pairwise(urls):
         resource = ctx.bundle.resource(child)

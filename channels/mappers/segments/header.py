@@ -80,14 +80,17 @@ def _organization_from_hd(ctx: MappingContext, seg: Segment, field: int, kind: s
 
 def _sender(msh: Segment, ctx: MappingContext) -> str | None:
     """IG MSH[MessageHeader] rows MSH-4 → sender (HD[Organization]) and MSH-17 →
-    sender(Organization.address.country): either one makes the sender Organization (a
-    message from an unnamed facility still says which country it comes from)."""
-    org = hd_to_organization(hd_of(msh.rep(4))) or {"resourceType": "Organization"}
+    sender(Organization.address.country). Without MSH-4 there is no sender: an Organization
+    holding only a country breaks FHIR org-1 ("SHALL at least have a name or an
+    identifier"), which validating servers reject, so MSH-17 alone is reported unmapped."""
+    org = hd_to_organization(hd_of(msh.rep(4)))
     country = msh.value(17)
+    if org is None:
+        if country:
+            ctx.reject(msh, 17)
+        return None
     if country:
         org["address"] = [{"country": country}]
-    elif len(org) == 1:
-        return None
     return ctx.add(org, msh, "Organization-sender")
 
 
@@ -117,8 +120,12 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
             tags.append({"system": v2_table_system(table), "code": tag_code})
     if tags:
         header["meta"] = {"tag": tags}
-    # MSH-19 → language (CWE[code])
-    language = as_code(msh.value(19, 1))
+    # MSH-8 (security, ST) → meta.security (IG row MSH-8: a Coding holding the text as its code)
+    security = as_code(msh.value(8))
+    if security:
+        header.setdefault("meta", {})["security"] = [{"code": security}]
+    # MSH-19 → language (CWE[code]: CWE.1, else CWE.4)
+    language = as_code(msh.value(19, 1) or msh.value(19, 4))
     if language:
         header["language"] = language
     # MSH-5 / MSH-25 → destination; MSH-6 / MSH-23 → destination.receiver
@@ -172,7 +179,7 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
         ctx.reject(msh, 7)  # no zone: nothing we can put in an instant
     # IG MSH[Provenance-Source] (message maps: "if there is a source in MSH-4"): agent[1] is
     # the MSH-4 organisation unless MSH-22 is valued (agent[2]); R4 needs recorded and an agent.
-    author = responsible or (sender if msh.field(4) else None)
+    author = responsible or sender
     if sent_at and author is not None:
         provenance: dict[str, Any] = {
             "resourceType": "Provenance",
@@ -245,9 +252,7 @@ def evn_to_provenance(evn: Segment, ctx: MappingContext) -> None:
         if practitioner is not None:
             agent_who = ctx.add(practitioner, evn, "Practitioner-operator")
     if agent_who is None:  # IG ADT_A01 EVN row: "IF EVN-5 NOT VALUED AND (MSH-22 OR MSH-4 VALUED)"
-        agent_who = ctx.url_of(msh, "Organization-responsible") or (
-            ctx.url_of(msh, "Organization-sender") if msh.field(4) else None
-        )
+        agent_who = ctx.url_of(msh, "Organization-responsible") or ctx.url_of(msh, "Organization-sender")
     if agent_who is not None:
         provenance["agent"] = [
             {

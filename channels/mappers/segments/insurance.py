@@ -67,12 +67,37 @@ _SELF = {"SEL", "ONESELF", "SELF", "01", "18"}  # 0063 SEL; X12 individual relat
 # Table 0063 relationships that name a person related to the patient (not EMR employer,
 # OWN/TRA/MGR, NON/UNK/OTH): such a subscriber is a RelatedPerson even without IN1-16.
 _PERSON_0063 = frozenset(
-    "SPO DOM CHD GCH NCH SCH FCH DEP WRD PAR MTH FTH CGV GRD GRP EXF SIB BRO SIS FND OAD EME ASC EMC".split()
+    [
+        "SPO",
+        "DOM",
+        "CHD",
+        "GCH",
+        "NCH",
+        "SCH",
+        "FCH",
+        "DEP",
+        "WRD",
+        "PAR",
+        "MTH",
+        "FTH",
+        "CGV",
+        "GRD",
+        "GRP",
+        "EXF",
+        "SIB",
+        "BRO",
+        "SIS",
+        "FND",
+        "OAD",
+        "EME",
+        "ASC",
+        "EMC",
+    ]
 )
 # Table 0344 (IN2-72 patient's relationship to insured): 01 = the patient is the insured;
 # these name a related person (not 09 unknown, 11/12 organ/cadaver donor).
 _SELF_0344 = "01"
-_PERSON_0344 = frozenset("02 03 04 05 06 07 08 10 13 14 15 16 17 18 19".split())
+_PERSON_0344 = frozenset(["02", "03", "04", "05", "06", "07", "08", "10", "13", "14", "15", "16", "17", "18", "19"])
 
 
 def _typed_identifier(code: str, value: str) -> dict[str, Any]:
@@ -155,7 +180,11 @@ def _payor(in1: Segment, ctx: MappingContext) -> str | None:
         contact["telecom"] = phones
     if contact:
         org["contact"] = [contact]
-    if len(org) == 1:
+    if "name" not in org and "identifier" not in org:
+        # FHIR org-1: a name or an identifier; an address or contact alone makes no payor
+        for number in (5, 6, 7):
+            if in1.field(number):
+                ctx.reject(in1, number)
         return None
     return ctx.add(org, in1, "Organization-payor")
 
@@ -375,7 +404,7 @@ def _in2_subscriber(
             if subscriber is not None and subscriber.get("resourceType") == "RelatedPerson":
                 subscriber.setdefault("relationship", []).append(relationship)
             elif "subscriber" not in coverage and patient_url is not None:
-                if code == _SELF_0344 or code == "SEL":
+                if code in (_SELF_0344, "SEL"):
                     coverage["subscriber"] = ctx.bundle.reference(patient_url)
                     patient_is_subscriber = True
                 elif code in _PERSON_0344 or code in _PERSON_0063:

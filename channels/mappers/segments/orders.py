@@ -504,6 +504,11 @@ def _obr_specimen(obr: Segment, ctx: MappingContext) -> str:
             collection["collector"] = collector
     if collection:
         specimen["collection"] = collection
+    # IG OBR-39 (collector's comment) → note; CWE[Annotation]: the text is the whole field
+    # "including delimiters", so nothing of a comment split into components is lost
+    notes = [{"text": rep.text()} for rep in obr.field(39) if rep.text()]
+    if notes:
+        specimen["note"] = notes
     return ctx.add(specimen, obr, "Specimen")
 
 

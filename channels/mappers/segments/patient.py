@@ -22,8 +22,9 @@ Choices where the IG leaves room:
 - MRG (A40/A34/A35/A47 family; the IG maps only MRG[Account]): a Patient for the
   merged-away record (identifiers MRG-1, MRG-2, MRG-4 with use old, matched on the first of
   them; name MRG-7; active false; link replaced-by → surviving Patient) and the surviving
-  Patient gets link replaces → it, the old identifiers (searchable by them) and active true. MRG-3 → Account (IG MRG[Account], status
-  unknown). MRG-5/MRG-6 (visit numbers) are left to the encounter maps.
+  Patient gets link replaces → it, the old identifiers (searchable by them) and active true.
+  MRG-3 → Account (IG MRG[Account], status unknown). MRG-5/MRG-6 (visit numbers) are left
+  to the encounter maps.
 """
 
 from __future__ import annotations
@@ -281,10 +282,9 @@ def pid_to_patient(pid: Segment, ctx: MappingContext) -> None:
         patient["telecom"] = telecom
     # PID-15 → communication.language (CWE[CodeableConcept]); preferred: see the module docstring
     languages = [cwe_to_codeable_concept(rep, s, "PrimaryLanguage", "0296") for rep in pid.field(15)]
-    communication = [{"language": lang} for lang in languages if lang is not None]
+    communication: list[dict[str, Any]] = [{"language": lang} for lang in languages if lang is not None]
     if communication:
         communication[0]["preferred"] = True  # PID-15 is 0..1: a repetition beyond it is not "primary"
-    if communication:
         patient["communication"] = communication
     # PID-16 → maritalStatus (MaritalStatus, table 0002)
     if pid.field(16):
@@ -383,9 +383,9 @@ def _pid_provenance(pid: Segment, ctx: MappingContext, patient_url: str) -> None
     without a zone for either the Provenance cannot be valid and is not emitted."""
     s = ctx.settings
     facility = hd_to_organization(hd_of(pid.rep(34))) if pid.field(34) else None
-    last_update = pid.value(33)
     if facility is None:
-        return  # PID-33 alone stays unmapped (reported)
+        return  # PID-33 alone stays unmapped (reported): not read here
+    last_update = pid.value(33)
     recorded = dtm_to_instant(ctx.message.msh.value(7), s) or dtm_to_instant(last_update, s)
     if recorded is None:
         ctx.reject(pid, 34)

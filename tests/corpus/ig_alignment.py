@@ -1,0 +1,564 @@
+"""Rewrite a ReportStream expected Bundle where it departs from the v2-to-FHIR IG on purpose.
+
+tests/corpus/deliberate_differences.md lists every place where CDC ReportStream's expected
+output and ours differ because we follow the IG (or FHIR) and ReportStream does not. The raw
+figures keep those mismatches; this module produces the second figure the issue asks about
+("every CDC IG-row pair that covers a segment we map passes"): the same subset match after
+each documented difference is rewritten into the IG's form. Every rule is narrow (one
+element, one value shape, conditions read from the message) and names its row in
+deliberate_differences.md; `align_cdc` reports which rules changed a pair, so a rule that
+starts hiding real regressions shows up in build/conformance.json.
+
+Public API::
+
+    align_cdc(expected: dict, message_text: str) -> tuple[dict, list[str]]   # (aligned copy, rule ids)
+    RULES: tuple[str, ...]                                                 # every rule id
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from channels.mappers.v2 import V2Message, parse_message
+from engine.types import MappingError
+
+SD = "http://hl7.org/fhir/StructureDefinition/"
+_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_UTC_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?Z$")
+_OFFSET = re.compile(r"[+-]\d{4}")
+_INSTANTS = frozenset({"issued", "recorded", "timestamp"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    message: V2Message | None
+    text: str
+
+    def valued(self, segment_id: str, number: int) -> bool:
+        if self.message is None:
+            return False
+        return any(seg.raw(number) for seg in self.message.segments(segment_id))
+
+    def has_offset(self, segment_id: str, number: int) -> bool:
+        if self.message is None:
+            return False
+        return any(_OFFSET.search(seg.raw(number)) for seg in self.message.segments(segment_id))
+
+
+Rule = Callable[[dict[str, Any], _Context], bool]  # rewrites the expected Bundle in place; True if it did
+
+
+def _resources(bundle: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource")
+        if isinstance(resource, dict):
+            yield resource
+
+
+def _walk(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk(item)
+
+
+def _drop(bundle: dict[str, Any], doomed: list[dict[str, Any]]) -> bool:
+    ids = {id(r) for r in doomed}
+    before = len(bundle.get("entry", []))
+    bundle["entry"] = [e for e in bundle.get("entry", []) if id(e.get("resource")) not in ids]
+    return len(bundle["entry"]) != before
+
+
+def _activity_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    codings = resource.get("activity", {}).get("coding", [])
+    return [c for c in codings if isinstance(c, dict)]
+
+
+# --------------------------------------------------------------------- the rules
+
+
+def provenance_source(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG MSH[Provenance-Source]: only "if there is a source in MSH-4" (MSH-22), with
+    activity.coding.display "message - " + MSG; R4 needs recorded (MSH-7 with a zone)."""
+    changed = False
+    emitted = (ctx.valued("MSH", 4) or ctx.valued("MSH", 22)) and ctx.has_offset("MSH", 7)
+    doomed = []
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "Provenance":
+            continue
+        codings = _activity_codings(resource)
+        if not codings or "display" not in codings[0] or "code" in codings[0]:
+            continue
+        if not emitted:
+            doomed.append(resource)
+        elif not str(codings[0]["display"]).startswith("message - "):
+            codings[0]["display"] = "message - " + str(codings[0]["display"])
+            changed = True
+    return _drop(bundle, doomed) or changed
+
+
+def provenance_patient(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PID[Provenance-Patient]: "IF PID-33 AND PID-34 VALUED" (PID-33 may be dropped);
+    activity system http://…/v3-DataOperation (ReportStream writes https)."""
+    changed = False
+    emitted = ctx.valued("PID", 34) and (ctx.has_offset("MSH", 7) or ctx.has_offset("PID", 33))
+    doomed = []
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "Provenance":
+            continue
+        codings = _activity_codings(resource)
+        if not codings or codings[0].get("code") != "UPDATE":
+            continue
+        if not emitted:
+            doomed.append(resource)
+        elif codings[0].get("system") != _DATA_OPERATION:
+            codings[0]["system"] = _DATA_OPERATION
+            changed = True
+    return _drop(bundle, doomed) or changed
+
+
+_STRING_EXTENSIONS = (SD + "namingsystem-checkDigit", SD + "iso21090-ADXP-censusTract")
+
+
+def string_extensions(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """namingsystem-checkDigit and iso21090-ADXP-censusTract are string extensions (FHIR; the
+    IG's CX.3, XCN.12, XON.5 rows say valueString, its XAD.10 row says "valueCode | string"):
+    ReportStream writes valueCode (on some resources only, for the check-digit scheme)."""
+    changed = False
+    for node in _walk(bundle):
+        if node.get("url") in _STRING_EXTENSIONS and "valueCode" in node:
+            node["valueString"] = node.pop("valueCode")
+            changed = True
+    return changed
+
+
+def system_not_a_uri(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """Identifier/Coding/Quantity.system must be an absolute URI: ReportStream copies HD.1 or
+    a v2 coding-system name ("Namespace", "METRIC", "UCUM") there; ours is a URI
+    (urn:id:…, urn:oid:…, http://unitsofmeasure.org). Such values are not compared."""
+    changed = False
+    for node in _walk(bundle):
+        system = node.get("system")
+        if isinstance(system, str) and ":" not in system and system not in _CONTACT_POINT_SYSTEMS:
+            del node["system"]
+            changed = True
+    return changed
+
+
+_CONTACT_POINT_SYSTEMS = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})  # codes, not URIs
+
+
+def _name_types(message: V2Message | None) -> dict[str, set[str]]:
+    """Family name → the name types (XPN.7, XCN.10) it is sent with anywhere in the message."""
+    found: dict[str, set[str]] = {}
+    if message is None:
+        return found
+    for seg in message.segments():
+        for number in range(1, len(seg) + 1):
+            for rep in seg.all_repetitions(number):
+                for family, kind in ((rep.component(1, 1), rep.component(7)), (rep.component(2, 1), rep.component(10))):
+                    if family:
+                        found.setdefault(family, set()).add(kind)
+    return found
+
+
+def name_type_b(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG concept map NameType has no target for B (birth name); ReportStream maps it to
+    official. Drop `use: official` on a name sent only with name type B."""
+    types = _name_types(ctx.message)
+    changed = False
+    for node in _walk(bundle):
+        names = node.get("name")
+        for name in names if isinstance(names, list) else [names]:
+            if not isinstance(name, dict) or name.get("use") != "official":
+                continue
+            kinds = types.get(str(name.get("family", "")), set())
+            if "B" in kinds and not kinds & {"L", "R"}:
+                del name["use"]
+                changed = True
+    return changed
+
+
+# Table 0201 codes the IG's TelecommunicationUseCode map gives no FHIR use.
+_UNMAPPED_0201 = frozenset({"ORN", "VHN", "ASN", "EMR", "NET", "BPN"})
+
+
+def telecom_use_default(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PID-13/PID-14 rows: use home/work only "IF PID-13.2 IS NOT VALUED"; a valued XTN.2 the
+    TelecommunicationUseCode map leaves without target (NET, ORN …) gives no use. ReportStream
+    falls back to home/work."""
+    if ctx.message is None:
+        return False
+    unmapped_values = {
+        value
+        for seg in ctx.message.segments()
+        for number in range(1, len(seg) + 1)
+        for rep in seg.all_repetitions(number)
+        if rep.component(2) in _UNMAPPED_0201
+        for value in (rep.component(1), rep.component(4), rep.component(12))
+        if value
+    }
+    changed = False
+    for node in _walk(bundle):
+        telecom = node.get("telecom")
+        for point in telecom if isinstance(telecom, list) else []:
+            if (
+                isinstance(point, dict)
+                and point.get("use") in ("home", "work")
+                and point.get("value") in unmapped_values
+            ):
+                del point["use"]
+                changed = True
+    return changed
+
+
+def zoneless_time_as_utc(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """A v2 time without an offset: ReportStream assumes UTC ("…Z"); we never guess a zone
+    (issue 3), so the value keeps date precision (and the v2 text). Compared as the date;
+    a patient-birthTime extension built on such a guess is dropped."""
+    changed = False
+    for node in _walk(bundle):
+        for key, value in list(node.items()):
+            if not isinstance(value, str):
+                continue
+            match = _UTC_TIME.match(value)
+            if match is None:
+                continue
+            compact = "".join(g for g in match.groups()[:3])
+            if re.search(re.escape(compact) + r"\d*[+-]\d{4}", ctx.text):
+                continue  # the message carries an offset: a real instant, compared as is
+            if key in _INSTANTS:
+                del node[key]  # an instant needs the zone the message does not give: none is made
+            else:
+                node[key] = value[:10]
+            changed = True
+        extensions = node.get("extension")
+        if isinstance(extensions, list):
+            kept = [
+                e
+                for e in extensions
+                if not (
+                    isinstance(e, dict) and e.get("url") == SD + "patient-birthTime" and not ctx.has_offset("PID", 7)
+                )
+            ]
+            if len(kept) != len(extensions):
+                changed = True
+                if kept:
+                    node["extension"] = kept
+                else:
+                    del node["extension"]
+    return changed
+
+
+def not_hl7_extensions(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """Extensions at https://hl7.org/fhir/… (HL7 canonicals are http://hl7.org/fhir/…: these
+    are ReportStream's own, e.g. temporary-location where the IG's PV1-11 row says
+    subject-locationClassification, a contact "relationship" copy of NK1-3, its R5
+    observation-value-attachment) or at http://ibm.com/fhir/cdm/ (a local race code; the IG's
+    PID-10 row leaves race to local rules and we use US Core) are not IG elements."""
+    changed = False
+    for node in _walk(bundle):
+        extensions = node.get("extension")
+        if not isinstance(extensions, list):
+            continue
+        kept = [
+            e
+            for e in extensions
+            if not (
+                isinstance(e, dict) and str(e.get("url", "")).startswith(("https://hl7.org/fhir/", "http://ibm.com/"))
+            )
+        ]
+        if len(kept) != len(extensions):
+            node["extension"] = kept
+            changed = True
+    return changed
+
+
+def system_is_a_web_page(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """Coding.system values that are documentation pages (…/CodeSystem-v2-0396.html#v2-0396-99zzzorL,
+    …/CodeSystem-cdcrec.html) are not code system URIs: not compared."""
+    changed = False
+    for node in _walk(bundle):
+        system = node.get("system")
+        if isinstance(system, str) and (system.endswith(".html") or ".html#" in system):
+            del node["system"]
+            changed = True
+    return changed
+
+
+def mothers_maiden_name_string(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PID-6 → patient-mothersMaidenName valueString (XPN[String]); ReportStream writes
+    valueHumanName."""
+    changed = False
+    for node in _walk(bundle):
+        extensions = node.get("extension")
+        if isinstance(extensions, list):
+            kept = [
+                e
+                for e in extensions
+                if not (
+                    isinstance(e, dict) and e.get("url") == SD + "patient-mothersMaidenName" and "valueHumanName" in e
+                )
+            ]
+            if len(kept) != len(extensions):
+                node["extension"] = kept
+                changed = True
+    return changed
+
+
+def telephone_number_is_a_phone(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """An XTN with a number (XTN.1, XTN.7 or XTN.12) but no XTN.3: the IG's XTN.3 row gives the
+    system a data-absent-reason; ours says phone (XTN.1 is the "Telephone Number" component)."""
+    changed = False
+    for node in _walk(bundle):
+        telecom = node.get("telecom")
+        for point in telecom if isinstance(telecom, list) else []:
+            number = isinstance(point, dict) and point.get("value") and "@" not in str(point.get("value"))
+            if number and "_system" in point and "system" not in point:
+                del point["_system"]
+                point["system"] = "phone"
+                changed = True
+    return changed
+
+
+def contact_point_without_value(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """An XTN with neither a number nor an address (only XTN.2, or XTN.7 with XTN.3 Internet):
+    ReportStream emits a ContactPoint holding only use/system; ours emits none (datatypes.py)."""
+    changed = False
+    for node in _walk(bundle):
+        telecom = node.get("telecom")
+        if not isinstance(telecom, list):
+            continue
+        kept = [p for p in telecom if not (isinstance(p, dict) and "value" not in p and "extension" not in p)]
+        if len(kept) != len(telecom):
+            node["telecom"] = kept
+            changed = True
+    return changed
+
+
+def hl7_null_text(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """The v2 null `""` (delete the value): ReportStream writes the two quote characters as the
+    value; a FHIR Bundle cannot say "delete" inside a conditional update, so ours has none."""
+    changed = False
+    for node in _walk(bundle):
+        for key, value in list(node.items()):
+            if value == '""':
+                del node[key]
+                changed = True
+            elif isinstance(value, list) and '""' in value:
+                node[key] = [v for v in value if v != '""']
+                changed = True
+    return changed
+
+
+def cross_version_extension_url(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG rows IN1-10/IN1-49: http://hl7.org/fhir/5.0/StructureDefinition/extension-subscriberId
+    (FHIR's cross-version URL form); ReportStream writes …/R5/StructureDefinition/…."""
+    changed = False
+    for node in _walk(bundle):
+        url = node.get("url")
+        if isinstance(url, str) and url.startswith("http://hl7.org/fhir/R5/StructureDefinition/extension-"):
+            node["url"] = url.replace("/R5/", "/5.0/", 1)
+            changed = True
+    return changed
+
+
+def encounter_codes(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PV1-42 (pending location) → location.status "reserved" (ReportStream: planned); IG
+    NM[Quantity-LengthOfStay] system http://unitsofmeasure.org (the IG cell's trailing slash
+    is not UCUM's URI, which Duration requires exactly)."""
+    changed = False
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "Encounter":
+            continue
+        for location in resource.get("location", []):
+            if isinstance(location, dict) and location.get("status") == "planned":
+                location["status"] = "reserved"
+                changed = True
+        length = resource.get("length")
+        if isinstance(length, dict) and length.get("system") == "http://unitsofmeasure.org/":
+            length["system"] = "http://unitsofmeasure.org"
+            changed = True
+    return changed
+
+
+_V2_TIME = re.compile(r"^(\d{2})(\d{2})(\d{2})?(?:\.\d+)?$")
+
+
+def time_values(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """OBX-5 TM → valueTime: FHIR time is hh:mm:ss; ReportStream keeps the v2 text (223100.0000)."""
+    changed = False
+    for resource in _resources(bundle):
+        value = resource.get("valueTime")
+        match = _V2_TIME.match(value) if isinstance(value, str) else None
+        if match:
+            resource["valueTime"] = f"{match.group(1)}:{match.group(2)}:{match.group(3) or '00'}"
+            changed = True
+    return changed
+
+
+def order_codes(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG OBR-11 row: specimen action G (generated order) → intent reflex-order (ReportStream:
+    order); IG ORC-1 row: order control NW → status active (ReportStream: unknown without ORC-5)."""
+    if ctx.message is None:
+        return False
+    reflex = any(seg.raw(11) == "G" for seg in ctx.message.segments("OBR"))
+    new_order = any(seg.raw(1) == "NW" and not seg.raw(5) for seg in ctx.message.segments("ORC"))
+    changed = False
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "ServiceRequest":
+            continue
+        if reflex and resource.get("intent") == "order":
+            resource["intent"] = "reflex-order"
+            changed = True
+        if new_order and resource.get("status") == "unknown":
+            resource["status"] = "active"
+            changed = True
+    return changed
+
+
+def duplicate_list_items(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """ReportStream repeats some list items (a contact's NK1-5 telephone twice); identical items
+    of one expected list count once (the subset match pairs each with a distinct item)."""
+    changed = False
+    for node in _walk(bundle):
+        for key, value in node.items():
+            if key == "entry" or not isinstance(value, list) or len(value) < 2:
+                continue
+            unique: list[Any] = []
+            for item in value:
+                if item not in unique:
+                    unique.append(item)
+            if len(unique) != len(value):
+                node[key] = unique
+                changed = True
+    return changed
+
+
+def organization_without_name_or_identifier(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """FHIR R4 org-1: an Organization SHALL have a name or an identifier. ReportStream makes
+    some without either (NK1-30..32 without NK1-13, an XON holding only XON.8); we make none.
+    They and the references to them are dropped."""
+    doomed = [
+        r
+        for r in _resources(bundle)
+        if r.get("resourceType") == "Organization" and not r.get("name") and not r.get("identifier")
+    ]
+    if not doomed:
+        return False
+    refs = {f"Organization/{r.get('id')}" for r in doomed}
+    for node in _walk(bundle):
+        for key in [k for k, v in node.items() if isinstance(v, dict) and v.get("reference") in refs]:
+            del node[key]
+    return _drop(bundle, doomed)
+
+
+def unreferenced_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """Organizations, Locations and Practitioners nothing in the IG part of the Bundle
+    references (CX.6, XON.8 assigning facilities, IN1-30 verified-by: the IG row has no
+    target element) are reachable only through
+    ReportStream's own extensions; we do not create them. Nor do we create one per assigning
+    authority (IG CX.4 / XCN.9 / XON.6 "assigner(Organization)"): identifier.system and
+    assigner.display carry it (datatypes.py), so an Organization referenced only as an
+    identifier's assigner is not required either (the assigner element itself still is)."""
+    referenced = {
+        str(node["reference"])
+        for holder in _walk(bundle)
+        for key, node in holder.items()
+        if key != "assigner" and isinstance(node, dict) and isinstance(node.get("reference"), str)
+    } | {
+        str(node["reference"])
+        for holder in _walk(bundle)
+        for key, items in holder.items()
+        if isinstance(items, list)
+        for node in items
+        if isinstance(node, dict) and isinstance(node.get("reference"), str)
+    }
+    doomed = [
+        r
+        for r in _resources(bundle)
+        if r.get("resourceType") in ("Organization", "Location", "Practitioner")
+        and f"{r.get('resourceType')}/{r.get('id')}" not in referenced
+    ]
+    return _drop(bundle, doomed)
+
+
+def _without_references(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_references(v) for k, v in sorted(node.items()) if k != "reference"}
+    if isinstance(node, list):
+        return [_without_references(item) for item in node]
+    return node
+
+
+def duplicate_resources(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """One XCN/XON sent twice gives ReportStream two identical resources; our Bundle merges
+    entries with the same conditional identity into one (a transaction may not hold two
+    entries for one conditional URL, bundle.py). Identical expected resources count once."""
+    seen: set[str] = set()
+    doomed = []
+    for resource in _resources(bundle):
+        if resource.get("resourceType") not in ("Practitioner", "Organization", "Location", "Device"):
+            continue
+        key = repr(_without_references({k: v for k, v in resource.items() if k != "id"}))
+        if key in seen:
+            doomed.append(resource)
+        seen.add(key)
+    return _drop(bundle, doomed)
+
+
+RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
+    ("provenance-source", provenance_source),
+    ("provenance-patient", provenance_patient),
+    ("string-extensions", string_extensions),
+    ("system-not-a-uri", system_not_a_uri),
+    ("name-type-b", name_type_b),
+    ("telecom-use-default", telecom_use_default),
+    ("zoneless-time-as-utc", zoneless_time_as_utc),
+    ("not-hl7-extensions", not_hl7_extensions),
+    ("system-is-a-web-page", system_is_a_web_page),
+    ("mothers-maiden-name-string", mothers_maiden_name_string),
+    ("organization-without-name-or-identifier", organization_without_name_or_identifier),
+    ("unreferenced-organizations", unreferenced_organizations),
+    ("duplicate-resources", duplicate_resources),
+    ("telephone-number-is-a-phone", telephone_number_is_a_phone),
+    ("contact-point-without-value", contact_point_without_value),
+    ("hl7-null-text", hl7_null_text),
+    ("encounter-codes", encounter_codes),
+    ("time-values", time_values),
+    ("order-codes", order_codes),
+    ("cross-version-extension-url", cross_version_extension_url),
+    ("duplicate-list-items", duplicate_list_items),
+)
+RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
+
+
+def align_cdc(expected: dict[str, Any], message_text: str) -> tuple[dict[str, Any], list[str]]:
+    """A copy of `expected` (already normalised by harness.normalise_cdc_expected) with every
+    documented difference rewritten into the IG's form, and the ids of the rules that applied."""
+    try:
+        message: V2Message | None = parse_message(message_text)
+    except MappingError:
+        message = None
+    ctx = _Context(message, message_text)
+    aligned = copy.deepcopy(expected)
+    applied = [name for name, rule in RULE_FUNCTIONS if rule(aligned, ctx)]
+    return {"entry": _without_empties(aligned.get("entry", []))}, applied
+
+
+def _without_empties(node: Any) -> Any:
+    """A rule may empty an element (`[{"system": "METRIC"}]`): empty objects and lists go."""
+    if isinstance(node, dict):
+        kept = {k: _without_empties(v) for k, v in node.items()}
+        return {k: v for k, v in kept.items() if v not in ({}, [])}
+    if isinstance(node, list):
+        items = [_without_empties(item) for item in node]
+        return [item for item in items if item not in ({}, [])]
+    return node
