@@ -48,6 +48,13 @@ def _load(config_path: Path) -> Any:
         raise typer.Exit(EX_CONFIG) from None
 
 
+def _operator_logging(cfg: Any) -> None:
+    """Operator commands log to stderr (warnings, and every audit event) and to the audit trail."""
+    from engine.obs.logging import configure_logging
+
+    configure_logging(level="warning", fmt=cfg.logging.format, stream=sys.stderr, audit_path=cfg.audit_path)
+
+
 def _use_uvloop() -> None:
     try:
         import uvloop
@@ -67,7 +74,7 @@ def run(
 
     cfg = _load(config)
     configure_logging(level=log_level or cfg.logging.level, fmt=cfg.logging.format,
-                      log_content=cfg.logging.log_content)
+                      log_content=cfg.logging.log_content, audit_path=cfg.audit_path)
     _use_uvloop()
     engine = Engine(cfg, config_path=config)
     try:
@@ -183,6 +190,7 @@ def messages_list(
     from engine.operator import list_messages
 
     cfg = _load(config)
+    _operator_logging(cfg)
     asyncio.run(list_messages(cfg, channel=channel, statuses=status, after_id=after_id, limit=limit,
                               out=typer.echo))
 
@@ -197,6 +205,7 @@ def messages_show(
     from engine.operator import show_message
 
     cfg = _load(config)
+    _operator_logging(cfg)
     try:
         found = asyncio.run(show_message(cfg, message_id, unmask=unmask, out=typer.echo))
     except EngineError as exc:  # e.g. the key a row was encrypted with is not configured
@@ -215,6 +224,7 @@ def messages_replay(
     from engine.operator import replay_messages
 
     cfg = _load(config)
+    _operator_logging(cfg)
     count = asyncio.run(replay_messages(cfg, message_ids or [], channel=channel))
     typer.echo(f"requeued {count} message(s)")
 
@@ -228,6 +238,7 @@ def messages_release(
     from engine.operator import release_messages
 
     cfg = _load(config)
+    _operator_logging(cfg)
     count = asyncio.run(release_messages(cfg, message_ids))
     typer.echo(f"released {count} message(s)")
 
@@ -291,6 +302,28 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise _fail(f"cannot read {path}: {exc.strerror}") from None
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The hash-chained audit trail of operator actions.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    file: Annotated[Path | None, typer.Option("--file", help="Audit file (default: from the config).")] = None,
+) -> None:
+    """Check that no audit entry was changed, removed or reordered; exit 1 at the first break."""
+    from engine.obs.audit import verify
+
+    path = file if file is not None else _load(config).audit_path
+    if not path.exists():
+        raise _fail(f"no audit trail at {path}")
+    result = verify(path)
+    if result.ok:
+        typer.echo(f"{path}: ok, {result.entries} entries chained")
+        raise typer.Exit(0)
+    raise _fail(f"{path}:{result.line}: {result.reason} (the {result.entries} entries before it are intact)")
 
 
 def main() -> None:

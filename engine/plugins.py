@@ -5,14 +5,22 @@ from __future__ import annotations
 from engine.registry import Registry
 
 
-def register_builtins(registry: Registry) -> None:
-    """Add every stage and sink shipped with the engine."""
+def register_stages(registry: Registry) -> None:
+    """The built-in stages: all a stage worker process needs (no sink libraries loaded)."""
     from engine.pipeline import stages
-    from engine.sinks import file
 
     stages.register(registry)
-    file.register(registry)
-    __import__("engine.sinks.fhir_http", fromlist=["register"]).register(registry)
-    __import__("engine.sinks.mllp", fromlist=["register"]).register(registry)
-    __import__("engine.sinks.nats", fromlist=["register"]).register(registry)
-    __import__("engine.sinks.kafka", fromlist=["register"]).register(registry)
+
+
+def register_sinks(registry: Registry) -> None:
+    """The built-in sinks."""
+    from engine.sinks import fhir_http, file, kafka, mllp, nats
+
+    for module in (file, fhir_http, mllp, nats, kafka):
+        module.register(registry)
+
+
+def register_builtins(registry: Registry) -> None:
+    """Add every stage and sink shipped with the engine."""
+    register_stages(registry)
+    register_sinks(registry)

@@ -84,6 +84,7 @@ class Registry:
 
 
 _default: Registry | None = None
+_stages_only: Registry | None = None
 
 
 def default_registry() -> Registry:
@@ -96,3 +97,16 @@ def default_registry() -> Registry:
         register_builtins(reg)
         _default = reg
     return _default
+
+
+def stage_registry() -> Registry:
+    """Only the built-in stages: what a stage worker process loads (sinks and their
+    client libraries would cost each worker tens of MB for nothing)."""
+    global _stages_only  # noqa: PLW0603 - built once, then only read
+    if _stages_only is None:
+        from engine.plugins import register_stages
+
+        reg = Registry()
+        register_stages(reg)
+        _stages_only = reg
+    return _stages_only

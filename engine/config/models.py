@@ -453,6 +453,10 @@ class LoggingConfig(_Model):
     format: Literal["json", "console"] = "json"
     log_content: bool = False
     """Log message field values. THESE LOGS CONTAIN PHI: off by default, for a debugging session only."""
+    audit_file: OutputFile | None = None
+    """Append-only, hash-chained audit trail of operator actions (content views, replays,
+    releases, reloads); default: audit.log beside the SQLite store. Check it with
+    `hl7engine audit verify`."""
 
     @field_validator("level", "format", mode="before")
     @classmethod
@@ -908,6 +912,15 @@ class EngineConfig(_Model):
     def base_dir(self) -> Path:
         """Directory relative data paths were resolved against (pass as BuildContext.config_dir)."""
         return self._base_dir
+
+    @property
+    def audit_path(self) -> Path:
+        """Where the audit trail goes: logging.audit_file, else beside the SQLite store."""
+        if self.logging.audit_file is not None:
+            return Path(self.logging.audit_file)
+        if self.store.path is not None:
+            return Path(self.store.path).parent / "audit.log"
+        return self._base_dir / "data" / "audit.log"
 
     def channel(self, name: str) -> ChannelConfig:
         """The channel called `name`; KeyError naming the known channels otherwise."""

@@ -18,14 +18,15 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextvars import Token
+from pathlib import Path
 from typing import IO, Any, Literal
 
 import structlog
 from structlog.typing import EventDict, FilteringBoundLogger, Processor, WrappedLogger
 
+from engine.obs.audit import AUDIT_LOGGER_NAME
 from engine.obs.redact import RedactPHI
 
-AUDIT_LOGGER_NAME = "hl7engine.audit"
 _CONTEXT_KEYS = ("channel", "message_id", "control_id")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR, "critical": logging.CRITICAL}
@@ -104,6 +105,7 @@ def configure_logging(
     log_content: bool = False,
     *,
     cache_loggers: bool = True,
+    audit_path: Path | None = None,
 ) -> None:
     """Configure structlog and stdlib logging for the whole process.
 
@@ -115,6 +117,8 @@ def configure_logging(
         only. A warning line says so at startup.
     cache_loggers: cache each logger on first use (fast). Tests that reconfigure logging
         several times pass False so module-level loggers pick up the new configuration.
+    audit_path: also append every `hl7engine.audit` event to this hash-chained file
+        (engine/obs/audit.py); verify it with `hl7engine audit verify`.
     """
     output = _Output(stream if stream is not None else sys.stderr)
     level_no = _level_number(level)
@@ -125,6 +129,11 @@ def configure_logging(
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=output.stream.isatty())
     redact = RedactPHI(log_content=log_content)
+    audit: list[Processor] = []
+    if audit_path is not None:
+        from engine.obs.audit import AuditTrail, AuditTrailProcessor
+
+        audit.append(AuditTrailProcessor(AuditTrail(audit_path)))
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -132,7 +141,7 @@ def configure_logging(
         timestamper,
     ]
     structlog.configure(
-        processors=[*shared, redact, renderer],
+        processors=[*shared, redact, *audit, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
         logger_factory=_LineLoggerFactory(output),
         context_class=dict,

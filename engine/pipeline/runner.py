@@ -83,6 +83,7 @@ class Runner:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._blocked_streak = 0
         self.processed = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,17 +116,29 @@ class Runner:
                 log.error("runner_error", channel=self.channel, error_type=exc.__class__.__name__)
                 await self._sleep(self._idle_poll_s)
                 continue
-            if not worked:
-                await self._sleep(await self._idle_wait())
+            if worked:
+                self._blocked_streak = 0
+            else:
+                await self._idle()
 
-    async def _idle_wait(self) -> float:
+    async def _idle(self) -> None:
         due = await self._store.next_due(self.channel)
-        if due is None:
-            return self._idle_poll_s
-        return min(self._idle_poll_s, max(0.0, due - time.time()))
+        now = time.time()
+        if due is None or due > now:
+            # Nothing due yet: sleep until it is, or until intake commits something new.
+            self._blocked_streak = 0
+            await self._sleep(self._idle_poll_s if due is None else min(self._idle_poll_s, due - now))
+            return
+        # Work is due but the lease found none: all of it waits behind a retrying message of
+        # its ordering key (with no ordering key, the whole channel waits). Leasing again on
+        # every commit would re-scan the backlog in a tight loop, so back off: 10 ms,
+        # doubling to the poll interval, deaf to wakes.
+        self._blocked_streak += 1
+        await asyncio.sleep(min(self._idle_poll_s, 0.01 * 2 ** min(self._blocked_streak, 10)))
 
     async def _sleep(self, seconds: float) -> None:
-        self._wake.clear()
+        # The wake flag is cleared by run_once before it leases, not here: a commit that
+        # happened after that lease must end this sleep at once, not be lost.
         if self._stopping:
             return
         with contextlib.suppress(TimeoutError):

@@ -84,6 +84,7 @@ def apply_stages(stages: Sequence[Stage], message: StoredMessage) -> StageOutcom
     if output is not None and output.get("resourceType") == "Bundle":
         # Bundle.id names the stored message (`<channel>-<id>`): traceable downstream, and
         # the file sink recognises a redelivery by it.
+        output.pop("id", None)  # then set last: the file sink reads it from the line's end
         output["id"] = f"{message.channel}-{message.id}"
         exchange.output = output
     return StageOutcome(output=output, output_json=exchange.output_json(),
@@ -131,9 +132,9 @@ def _stages_for(spec: ChannelSpec) -> list[Stage]:
     if stages is None:
         from pathlib import Path
 
-        from engine.registry import BuildContext, default_registry
+        from engine.registry import BuildContext, stage_registry
 
-        registry = default_registry()
+        registry = stage_registry()
         ctx = BuildContext(channel=spec.channel, config_dir=Path(spec.config_dir))
         stages = []
         for kind, data in spec.stages:
@@ -141,6 +142,9 @@ def _stages_for(spec: ChannelSpec) -> list[Stage]:
             if plugin is None:
                 raise RuntimeError(f"unknown stage type {kind!r} in worker")
             stages.append(plugin.factory(plugin.config_model.model_validate(data), ctx))
+        # Keep only the newest version of each channel: reloads must not pile up stages.
+        for old in [k for k in _BUILT if k[0] == spec.channel]:
+            del _BUILT[old]
         _BUILT[key] = stages
     return stages
 
@@ -165,9 +169,9 @@ def _run_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome
 def _warm_up() -> int:
     """Import the mapping code once per worker, before the first message needs it."""
     import channels.mappers.convert  # noqa: F401 - imported for its side effect of loading
-    from engine.registry import default_registry
+    from engine.registry import stage_registry
 
-    default_registry()
+    stage_registry()
     return os.getpid()
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
+import re
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,8 +27,22 @@ from engine.types import DeliveryResult, Exchange, PermanentError, TransientErro
 
 #: How many recent line ids are remembered for redelivery detection.
 _RECENT_IDS = 4096
-#: How much of the file's tail is read back on start.
-_TAIL_BYTES = 16 * 1024 * 1024
+#: Read size when scanning the file's tail backwards on start.
+_CHUNK = 256 * 1024
+#: A line's end: the runner sets Bundle.id last, so it closes the line.
+_LINE_ID = re.compile(rb'"id":"([A-Za-z0-9_.-]+-[0-9]+)"}\n')
+
+
+def _last_newline_end(fd: int, size: int) -> int:
+    """Offset just past the last newline (0 if none): where the last whole line ends."""
+    position = size
+    while position > 0:
+        start = max(0, position - _CHUNK)
+        index = os.pread(fd, position - start, start).rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        position = start
+    return 0
 
 
 class FileSinkConfig(BaseModel):
@@ -102,27 +116,31 @@ class FileSink:
         self._fd = fd
 
     def _repair_and_learn(self, fd: int) -> None:
+        """Cut a torn last line, then learn the ids of the last lines written.
+
+        Reads backwards in small chunks and looks only at each line's end, where the
+        runner put `"id":"<channel>-<n>"}`: memory stays bounded however large the lines.
+        """
         size = os.fstat(fd).st_size
-        start = max(0, size - _TAIL_BYTES)
-        tail = os.pread(fd, size - start, start)
-        cut = tail.rfind(b"\n") + 1
-        if cut < len(tail):
-            # A crash mid-write left a torn line; it was never marked done, so it will come again.
-            os.ftruncate(fd, start + cut)
+        end = _last_newline_end(fd, size)
+        if end < size:
+            # A crash mid-write left a torn line; it was never marked done, so it comes again.
+            os.ftruncate(fd, end)
             os.fsync(fd)
-            tail = tail[:cut]
-        lines = tail.split(b"\n")
-        if start > 0:
-            lines = lines[1:]  # the first line may be cut by the window
-        for raw in lines[-_RECENT_IDS:]:
-            if not raw:
-                continue
-            try:
-                ident = json.loads(raw).get("id")
-            except (ValueError, AttributeError):
-                continue
-            if isinstance(ident, str):
-                self._remember(ident)
+        found: list[str] = []
+        position = end
+        carry = b""
+        while position > 0 and len(found) < _RECENT_IDS:
+            start = max(0, position - _CHUNK)
+            chunk = os.pread(fd, position - start, start) + carry
+            # Keep the chunk's first (possibly partial) line for the next round.
+            first_newline = chunk.find(b"\n") if start > 0 else -1
+            carry = chunk[: first_newline + 1] if start > 0 else b""
+            body = chunk[first_newline + 1 :] if start > 0 else chunk
+            found.extend(m.group(1).decode() for m in reversed(list(_LINE_ID.finditer(body))))
+            position = start
+        for ident in reversed(found[:_RECENT_IDS]):
+            self._remember(ident)
 
     def _remember(self, ident: str) -> None:
         if len(self._recent) == self._recent.maxlen:

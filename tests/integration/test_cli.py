@@ -152,3 +152,14 @@ class TestSendAndMessages:
         assert "released 1 message(s)" in released.stdout
         listing = hl7engine("messages", "list", "-c", str(config), "--status", "released").stdout
         assert message_id in listing
+        # Every view, replay and release is in the hash-chained audit trail beside the store.
+        trail = [json.loads(x) for x in (config.parent / "audit.log").read_text().splitlines()]
+        assert ["message_viewed", "messages_replayed", "messages_released"] == [e["event"] for e in trail]
+        assert "ZZSECRETNAME" not in (config.parent / "audit.log").read_text()
+        verified = hl7engine("audit", "verify", "-c", str(config))
+        assert 0 == verified.returncode and "3 entries chained" in verified.stdout
+        lines = (config.parent / "audit.log").read_text().splitlines()
+        lines[1] = lines[1].replace('"count": 1', '"count": 7')
+        (config.parent / "audit.log").write_text("\n".join(lines) + "\n")
+        broken = hl7engine("audit", "verify", "-c", str(config))
+        assert 1 == broken.returncode and "audit.log:2:" in broken.stderr

@@ -299,3 +299,27 @@ class TestMllpRelease2:
         """A frame with no MSH is answered with the negative commit block (NAK)."""
         engine = await make_engine(extra="    mllp_release: 2\n")
         assert b"\x15" == await exchange("127.0.0.1", port_of(engine), b"PID|1||X\r")
+
+
+class TestBrokenHeaders:
+    @pytest.mark.parametrize(
+        ("payload", "code"),
+        [
+            (b"MSH|^~\\&|A|B|C|D|20260101||ADT^A01||P|2.5.1\rPID|1||X\r", "101"),  # empty MSH-10
+            (b"MSH|^~\\&|A|B|C|D|20260101||||P|2.5.1\rPID|1||X\r", "101"),  # empty MSH-9
+            (b"MSH|^~\\\\&|A|B|C|D|20260101||ADT^A01|X9|P|2.5.1\r", "102"),  # doubled MSH-2
+        ],
+    )
+    async def test_unreadable_header_gets_ar_and_the_connection_stays(
+        self, make_engine, payload: bytes, code: str
+    ) -> None:
+        """A header missing required fields is answered AR with its ERR code; the connection goes on."""
+        engine = await make_engine()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(engine))
+        writer.write(frame(payload))
+        ack = await read_frame(reader)
+        assert "AR" == msa(ack)[0]
+        assert code == err_code(ack)
+        writer.write(frame(adt_a01("NEXT").encode()))
+        assert ["AA", "NEXT"] == msa(await read_frame(reader))[:2]
+        writer.close()

@@ -16,7 +16,9 @@ def exchange(message_id: int, bundle: dict[str, object] | None = None) -> Exchan
         sender="", control_id="", message_type="ADT^A01", charset="utf-8",
     )
     if bundle is None:
-        bundle = {"resourceType": "Bundle", "id": f"adt-{message_id}", "type": "transaction", "entry": []}
+        # As the runner makes it: Bundle.id set last, naming the stored message.
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"id": "x"}}],
+                  "id": f"adt-{message_id}"}
     return Exchange(message=message, text="", output=bundle)
 
 
@@ -25,6 +27,21 @@ def lines(path: Path) -> list[dict[str, object]]:
 
 
 class TestFileSink:
+    async def test_restart_learns_ids_across_many_chunks(self, tmp_path: Path) -> None:
+        """Ids are recognised after a restart even when lines are long and span read chunks."""
+        path = tmp_path / "a.ndjson"
+        sink = FileSink("file", path)
+        await sink.start()
+        big = [exchange(i, {"resourceType": "Bundle", "entry": [{"resource": {"text": "x" * 70_000}}],
+                            "id": f"adt-{i}"}) for i in range(1, 30)]
+        await sink.deliver_many(big)
+        await sink.close()
+        again = FileSink("file", path)
+        await again.start()
+        await again.deliver_many([exchange(5), exchange(29), exchange(30)])
+        await again.close()
+        assert [f"adt-{i}" for i in range(1, 31)] == [x["id"] for x in lines(path)]
+
     async def test_one_line_per_bundle_in_order(self, tmp_path: Path) -> None:
         """A batch becomes one line per Bundle, in the batch's order."""
         sink = FileSink("file", tmp_path / "out" / "a.ndjson")
