@@ -84,11 +84,6 @@ class TestBacklog:
         """SIGTERM after the drain exits 0 without needing SIGKILL."""
         assert result["stop"]["clean"]
 
-    @pytest.mark.xfail(
-        strict=False,
-        reason="runner spins on lease while every due message waits behind a retry not yet due "
-        "(engine/pipeline/runner.py Runner._idle_wait); remove this mark once fixed",
-    )
     def test_waiting_for_a_down_sink_costs_little_cpu(self, result: dict[str, Any]) -> None:
         """With the backlog stored and no traffic, the engine's main process uses under 25% of a core."""
         assert result["idle"]["engine_cpu_percent"]["main"] < 25.0
