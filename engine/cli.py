@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from engine.types import ConfigError, EngineError
+from engine.types import ConfigError, EngineError, Status
 
 EX_CONFIG = 78
 DEFAULT_CONFIG = Path("config/engine.yaml")
@@ -218,15 +218,55 @@ def messages_show(
 def messages_replay(
     message_ids: Annotated[list[int] | None, typer.Argument(help="Message ids.")] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
-    channel: Annotated[str | None, typer.Option(help="Replay every dead message of this channel.")] = None,
+    channel: Annotated[str | None, typer.Option(help="Select this channel's messages.")] = None,
+    status: Annotated[list[str] | None, typer.Option(help="Statuses to select (default dead).")] = None,
+    since: Annotated[str | None, typer.Option(help="Received at or after (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Received before (ISO 8601).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Convert only: store and send nothing.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="With --dry-run: show how the output would change.")]
+    = False,
+    with_config: Annotated[Path | None, typer.Option("--with", help="Candidate config (another channel "
+                                                     "version) to convert with; default the current one.")]
+    = None,
 ) -> None:
-    """Put dead (or done) messages back in the queue; the running engine delivers them again."""
-    from engine.operator import replay_messages
+    """Put messages back in the queue (the running engine delivers them again), or with
+    --dry-run --diff show what another channel version would make of them (output holds
+    patient data; audited)."""
+    from engine.operator import Selection, dry_run_replay, replay_messages
 
     cfg = _load(config)
     _operator_logging(cfg)
-    count = asyncio.run(replay_messages(cfg, message_ids or [], channel=channel))
+    try:
+        selection = Selection(
+            ids=tuple(message_ids or ()),
+            channel=channel,
+            statuses=frozenset(Status(s) for s in status) if status else frozenset({Status.DEAD}),
+            since=_epoch(since),
+            until=_epoch(until),
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    if not selection.ids and selection.channel is None and selection.since is None:
+        raise _fail("name message ids, or select with --channel/--since", 2)
+    if dry_run:
+        candidate = _load(with_config) if with_config is not None else cfg
+        changed = asyncio.run(dry_run_replay(cfg, candidate, selection, diff=diff, out=typer.echo))
+        if diff:
+            typer.echo(f"{changed} output(s) would change")
+        return
+    count = asyncio.run(replay_messages(cfg, selection))
     typer.echo(f"requeued {count} message(s)")
+
+
+def _epoch(value: str | None) -> float | None:
+    if value is None:
+        return None
+    import datetime as dt
+
+    moment = dt.datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
 
 
 @messages_app.command("release")

@@ -7,9 +7,13 @@ the audit log (`hl7engine.audit`).
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import getpass
+import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from engine.config.models import EngineConfig
 from engine.obs.logging import audit_logger
@@ -80,21 +84,90 @@ async def show_message(config: EngineConfig, message_id: int, *, unmask: bool, o
     return True
 
 
-async def replay_messages(config: EngineConfig, ids: Sequence[int], *, channel: str | None) -> int:
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Which stored messages an operator action applies to: ids, or filters."""
+
+    ids: tuple[int, ...] = ()
+    channel: str | None = None
+    statuses: frozenset[Status] = frozenset({Status.DEAD})
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100_000  # a bound on one command, so a typo cannot requeue a whole store
+
+
+async def select_ids(store: Store, selection: Selection) -> list[int]:
+    """Explicit ids as given; otherwise every message matching the filters, paged, bounded."""
+    if selection.ids:
+        return list(selection.ids)
+    targets: list[int] = []
+    after = 0
+    while len(targets) < selection.limit:
+        page = await store.query(MessageQuery(channel=selection.channel, statuses=selection.statuses,
+                                              since=selection.since, until=selection.until,
+                                              after_id=after, limit=500))
+        targets.extend(m.id for m in page)
+        if len(page) < 500:
+            break
+        after = page[-1].id
+    return targets[: selection.limit]
+
+
+async def replay_messages(config: EngineConfig, selection: Selection) -> int:
     async with opened_store(config) as store:
-        targets = list(ids)
-        if channel is not None:
-            after = 0
-            while True:
-                page = await store.query(MessageQuery(channel=channel, statuses=frozenset({Status.DEAD}),
-                                                      after_id=after, limit=500))
-                targets.extend(m.id for m in page)
-                if len(page) < 500:
-                    break
-                after = page[-1].id
+        targets = await select_ids(store, selection)
         count = await store.requeue(targets) if targets else 0
-    audit.info("messages_replayed", count=count, actor=_actor(), via="cli", channel=channel)
+    audit.info("messages_replayed", count=count, actor=_actor(), via="cli", channel=selection.channel)
     return count
+
+
+async def dry_run_replay(
+    config: EngineConfig, candidate: EngineConfig, selection: Selection, *, diff: bool,
+    out: Callable[[str], None],
+) -> int:
+    """Convert the selected messages with the channel as `candidate` defines it, without
+    storing or sending. With `diff`, print how that output differs from what the current
+    `config` makes of them. Returns how many outputs would change. The output holds
+    patient data: every run is audited."""
+    from engine.conversion import ConversionFailed, channel_stages, find_channel, run_stages
+
+    changed = 0
+    async with opened_store(config) as store:
+        targets = await select_ids(store, selection)
+        messages = [m for m in [await store.get(i) for i in targets] if m is not None]
+    audit.info("replay_dry_run", count=len(messages), actor=_actor(), via="cli", diff=diff)
+    stages_cache: dict[tuple[int, str], Any] = {}
+
+    def convert(cfg: EngineConfig, channel_name: str, raw: bytes, index: int) -> str:
+        key = (id(cfg), channel_name)
+        if key not in stages_cache:
+            channel = find_channel(cfg, channel_name)
+            stages_cache[key] = (channel, channel_stages(cfg, channel))
+        channel, stages = stages_cache[key]
+        try:
+            result = run_stages(stages, channel, raw, index)
+        except ConversionFailed as exc:
+            return f"(fails: {exc})"
+        if result.output is None:
+            return "(filtered)"
+        return json.dumps(result.output, indent=1, sort_keys=True, ensure_ascii=False)
+
+    for message in messages:
+        after = convert(candidate, message.channel, message.raw, message.id)
+        if not diff:
+            out(f"message {message.id}:")
+            out(after)
+            continue
+        before = convert(config, message.channel, message.raw, message.id)
+        if before == after:
+            out(f"message {message.id}: no change")
+            continue
+        changed += 1
+        out(f"message {message.id}: output changes")
+        for line in difflib.unified_diff(before.splitlines(), after.splitlines(), "current", "candidate",
+                                         lineterm="", n=2):
+            out(line)
+    return changed
 
 
 async def release_messages(config: EngineConfig, ids: Sequence[int]) -> int:

@@ -163,3 +163,36 @@ class TestSendAndMessages:
         (config.parent / "audit.log").write_text("\n".join(lines) + "\n")
         broken = hl7engine("audit", "verify", "-c", str(config))
         assert 1 == broken.returncode and "audit.log:2:" in broken.stderr
+
+    def test_replay_dry_run_diff_against_another_channel_version(self, running_engine, tmp_path: Path) -> None:
+        """--dry-run --diff shows what another channel version would change, sending nothing."""
+        config, port = running_engine
+        message = tmp_path / "m.hl7"
+        message.write_text(adt_a01("D1", mrn="MRN777"))
+        assert 0 == hl7engine("send", f"127.0.0.1:{port}", str(message)).returncode
+        import time
+
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            listing = hl7engine("messages", "list", "-c", str(config), "--status", "done").stdout
+            if len(listing.splitlines()) > 1:
+                break
+            time.sleep(0.1)
+        message_id = listing.splitlines()[1].split()[0]
+        sink_before = (tmp_path / "out.ndjson").read_bytes()
+        candidate = tmp_path / "candidate.yaml"
+        candidate.write_text(config.read_text().replace(
+            "fhir_version: R4B", "fhir_version: R4B\n        identifier_systems: {GENHOSP: 'urn:oid:1.2.3.4'}"))
+        same = hl7engine("messages", "replay", message_id, "-c", str(config), "--status", "done",
+                         "--dry-run", "--diff")
+        assert f"message {message_id}: no change" in same.stdout
+        changed = hl7engine("messages", "replay", message_id, "-c", str(config), "--dry-run", "--diff",
+                            "--with", str(candidate))
+        assert 0 == changed.returncode, changed.stderr
+        assert f"message {message_id}: output changes" in changed.stdout
+        assert "+" in changed.stdout and "urn:oid:1.2.3.4" in changed.stdout
+        assert "1 output(s) would change" in changed.stdout
+        # Nothing was requeued or sent.
+        assert sink_before == (tmp_path / "out.ndjson").read_bytes()
+        listing = hl7engine("messages", "list", "-c", str(config), "--status", "done").stdout
+        assert message_id in listing
