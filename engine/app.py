@@ -441,13 +441,27 @@ class Engine:
             await asyncio.sleep(_GAUGE_INTERVAL_S)
 
     async def _retention_loop(self) -> None:
-        retention = self.config.store.retention
         while True:
-            await asyncio.sleep(retention.prune_interval_s)
+            await asyncio.sleep(self.config.store.retention.prune_interval_s)
             try:
-                removed = await self.store.prune(time.time() - retention.done_days * 86400)
+                removed = await prune_finished(self.store, self.config, time.time())
             except Exception as exc:
                 log.error("prune_failed", error_type=exc.__class__.__name__)
                 continue
             if removed:
                 log.info("pruned", messages=removed)
+
+
+async def prune_finished(store: Store, config: EngineConfig, now: float) -> int:
+    """Prune finished messages: each channel by its own retention (or the store's), then
+    everything else (channels no longer configured) by the longest setting, so nothing is
+    removed before any retention that could apply to it has passed."""
+    default_days = config.store.retention.done_days
+    removed = 0
+    longest = default_days
+    for channel in config.channels:
+        days = channel.retention.done_days if channel.retention is not None else default_days
+        longest = max(longest, days)
+        removed += await store.prune(now - days * 86400, channel.name)
+    removed += await store.prune(now - longest * 86400)
+    return removed

@@ -339,6 +339,13 @@ class RetentionConfig(_Model):
     """Seconds between prune runs."""
 
 
+class ChannelRetentionConfig(_Model):
+    """A channel's own retention, overriding store.retention.done_days for its messages."""
+
+    done_days: float = Field(ge=0)
+    """Prune this channel's done/filtered/released messages older than this many days."""
+
+
 class GroupCommitConfig(_Model):
     """Group commit: messages arriving together share one transaction and one fsync (DESIGN §7)."""
 
@@ -771,6 +778,8 @@ class ChannelConfig(_Model):
     sender_not_allowed). Needs `tls` with `ca`; use `require_client_cert: true`."""
     ordering: OrderingConfig = Field(default_factory=OrderingConfig)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retention: ChannelRetentionConfig | None = None
+    """Keep this channel's finished messages longer or shorter than store.retention says."""
     pipeline: tuple[PluginConfig, ...] = ()
     """Stages, in order; each `{type: <stage>, ...}`."""
     sinks: tuple[PluginConfig, ...] = Field(min_length=1)

@@ -216,8 +216,8 @@ class EncryptedStore:
     async def release(self, message_ids: Sequence[int]) -> int:
         return await self.inner.release(message_ids)
 
-    async def prune(self, finished_before: float) -> int:
-        return await self.inner.prune(finished_before)
+    async def prune(self, finished_before: float, channel: str | None = None) -> int:
+        return await self.inner.prune(finished_before, channel)
 
     async def stats(self, channel: str) -> QueueStats:
         return await self.inner.stats(channel)

@@ -1060,13 +1060,14 @@ class PostgresStore:
 
         return await self._write("release", run)
 
-    async def prune(self, finished_before: float) -> int:
-        """Delete done/filtered/released rows last updated before the given time."""
+    async def prune(self, finished_before: float, channel: str | None = None) -> int:
+        """Delete done/filtered/released rows last updated before the given time (one channel's, or all)."""
         return await self._prune_in_chunks(
             "prune",
             "DELETE FROM messages WHERE id IN (SELECT id FROM messages"  # noqa: S608
-            f" WHERE {_FINISHED_SQL} AND updated_at < $1 LIMIT $2)",
+            f" WHERE {_FINISHED_SQL} AND updated_at < $1 AND ($3::text IS NULL OR channel = $3) LIMIT $2)",
             finished_before,
+            channel,
         )
 
     async def stats(self, channel: str) -> QueueStats:
@@ -1128,11 +1129,11 @@ class PostgresStore:
         status = await self._write("replace_raw", lambda conn: conn.execute(sql, ids, olds, news))
         return _rowcount(status)
 
-    async def _prune_in_chunks(self, operation: str, sql: str, before: float) -> int:
+    async def _prune_in_chunks(self, operation: str, sql: str, before: float, *extra: Any) -> int:
         # One transaction per chunk, so other writers interleave.
         total = 0
         while True:
-            status = await self._read(operation, lambda conn: conn.execute(sql, before, PRUNE_CHUNK))
+            status = await self._read(operation, lambda conn: conn.execute(sql, before, PRUNE_CHUNK, *extra))
             deleted = _rowcount(status)
             total += deleted
             if deleted < PRUNE_CHUNK:

@@ -644,11 +644,11 @@ def _release(conn: sqlite3.Connection, message_ids: Sequence[int], now: float) -
     return count
 
 
-def _prune_chunk(conn: sqlite3.Connection, finished_before: float) -> int:
+def _prune_chunk(conn: sqlite3.Connection, finished_before: float, channel: str | None = None) -> int:
     cursor = conn.execute(
         "DELETE FROM messages WHERE id IN (SELECT id FROM messages INDEXED BY ix_messages_finished"  # noqa: S608
-        f" WHERE {_FINISHED_SQL} AND updated_at < ? LIMIT ?)",
-        (finished_before, PRUNE_CHUNK),
+        f" WHERE {_FINISHED_SQL} AND updated_at < ? AND (? IS NULL OR channel = ?) LIMIT ?)",
+        (finished_before, channel, channel, PRUNE_CHUNK),
     )
     return cursor.rowcount
 
@@ -979,9 +979,9 @@ class SQLiteStore:
         ids, now = tuple(message_ids), self._clock()
         return await self._writer.submit("release", lambda conn: _release(conn, ids, now))
 
-    async def prune(self, finished_before: float) -> int:
-        """Delete done/filtered/released rows last updated before the given time."""
-        return await self._prune_in_chunks("prune", lambda conn: _prune_chunk(conn, finished_before))
+    async def prune(self, finished_before: float, channel: str | None = None) -> int:
+        """Delete done/filtered/released rows last updated before the given time (one channel's, or all)."""
+        return await self._prune_in_chunks("prune", lambda conn: _prune_chunk(conn, finished_before, channel))
 
     async def stats(self, channel: str) -> QueueStats:
         return await self._reader.submit("stats", lambda conn: _stats(conn, channel))
