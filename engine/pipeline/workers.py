@@ -18,6 +18,7 @@ import dataclasses
 import math
 import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -166,6 +167,22 @@ def _run_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome
     return outcomes
 
 
+def _exit_with_parent(parent_pid: int) -> None:
+    """Worker initializer: leave when the engine process is gone.
+
+    A SIGKILLed engine cannot shut its pool down; without this its workers would live on
+    as orphans, each holding the mapping code in memory, one set per crash.
+    """
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _warm_up() -> int:
     """Import the mapping code once per worker, before the first message needs it."""
     import channels.mappers.convert  # noqa: F401 - imported for its side effect of loading
@@ -196,7 +213,10 @@ class WorkerPool:
             # spawn, not fork: the engine process runs threads (the store's writer)
             # and an event loop, neither of which survives a fork safely.
             context = multiprocessing.get_context("spawn")
-            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context,
+                initializer=_exit_with_parent, initargs=(os.getpid(),),
+            )
         return self._pool
 
     async def start(self) -> None:

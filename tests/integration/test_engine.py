@@ -323,3 +323,31 @@ class TestBrokenHeaders:
         writer.write(frame(adt_a01("NEXT").encode()))
         assert ["AA", "NEXT"] == msa(await read_frame(reader))[:2]
         writer.close()
+
+
+class TestWorkerProcesses:
+    async def test_sigkill_leaves_no_orphan_workers(self, tmp_path: Path) -> None:
+        """Stage worker processes exit on their own when the engine is SIGKILLed."""
+        import os
+
+        from tests.support.engine_proc import EngineProcess, free_port, write_config
+
+        mllp_port, admin_port = free_port(), free_port()
+        engine = EngineProcess(write_config(tmp_path, mllp_port=mllp_port, admin_port=admin_port),
+                               admin_port, tmp_path / "engine.log")
+        engine.start()
+        try:
+            await asyncio.to_thread(engine.wait_ready)
+            assert engine.proc is not None
+            pid = engine.proc.pid
+            children = {int(c) for t in os.listdir(f"/proc/{pid}/task")
+                        for c in open(f"/proc/{pid}/task/{t}/children").read().split()}
+            assert children, "the engine runs its stages in worker processes"
+        finally:
+            engine.kill()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
+            await asyncio.sleep(0.1)
+        alive = [c for c in children if os.path.exists(f"/proc/{c}")
+                 and "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        assert [] == alive
