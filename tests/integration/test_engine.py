@@ -328,8 +328,6 @@ class TestBrokenHeaders:
 class TestWorkerProcesses:
     async def test_sigkill_leaves_no_orphan_workers(self, tmp_path: Path) -> None:
         """Stage worker processes exit on their own when the engine is SIGKILLed."""
-        import os
-
         from tests.support.engine_proc import EngineProcess, free_port, write_config
 
         mllp_port, admin_port = free_port(), free_port()
@@ -339,15 +337,18 @@ class TestWorkerProcesses:
         try:
             await asyncio.to_thread(engine.wait_ready)
             assert engine.proc is not None
-            pid = engine.proc.pid
-            children = {int(c) for t in os.listdir(f"/proc/{pid}/task")
-                        for c in open(f"/proc/{pid}/task/{t}/children").read().split()}
+            children = child_pids(engine.proc.pid)
             assert children, "the engine runs its stages in worker processes"
         finally:
             engine.kill()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(os.path.exists(f"/proc/{c}") for c in children):
-            await asyncio.sleep(0.1)
-        alive = [c for c in children if os.path.exists(f"/proc/{c}")
-                 and "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
+            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling another process's exit, with a deadline
+        alive = [c for c in children if Path(f"/proc/{c}").exists()
+                 and "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
         assert [] == alive
+
+
+def child_pids(pid: int) -> set[int]:
+    return {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()}
