@@ -342,8 +342,9 @@ class TestWorkerProcesses:
         finally:
             engine.kill()
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
-            await asyncio.sleep(0.1)  # noqa: ASYNC110 - polling another process's exit, with a deadline
+        # Polling another process's exit (no event to wait on), with a deadline.
+        while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
         alive = [c for c in children if Path(f"/proc/{c}").exists()
                  and "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
         assert [] == alive
