@@ -70,14 +70,9 @@ def build_sinks(channel: ChannelConfig, registry: Registry, ctx: BuildContext) -
 
 
 def intake_settings(channel: ChannelConfig) -> IntakeSettings:
-    accept = channel.accept
     return IntakeSettings(
         channel=channel.name,
-        acceptance=Acceptance(
-            message_types=tuple(accept.message_types or ()),
-            processing_ids=tuple(accept.processing_ids or ()),
-            versions=tuple(accept.versions or ()),
-        ),
+        acceptance=Acceptance(channel.accept),
         ack_mode=channel.ack,
         mllp_release=channel.mllp_release,
         charset_fallback=channel.charset_fallback,

@@ -11,7 +11,6 @@ an option).
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from engine.config.models import AcceptConfig
 from engine.hl7.ack import (
     COMMIT_ACK,
     COMMIT_NAK,
@@ -49,37 +49,28 @@ from engine.types import (
 log = structlog.get_logger("hl7engine.intake")
 
 
+_REFUSALS = {
+    200: (ErrorCode.UNSUPPORTED_MESSAGE_TYPE, 9, 1, "Unsupported message type"),
+    201: (ErrorCode.UNSUPPORTED_EVENT_CODE, 9, 2, "Unsupported event code"),
+    202: (ErrorCode.UNSUPPORTED_PROCESSING_ID, 11, None, "Unsupported processing id"),
+    203: (ErrorCode.UNSUPPORTED_VERSION_ID, 12, None, "Unsupported version id"),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Acceptance:
-    """What a channel accepts; an empty list accepts everything.
+    """What a channel accepts (its `accept:` config); the default accepts everything."""
 
-    `message_types` are patterns on `MSH-9.1^MSH-9.2` (e.g. `ADT^*`, `ORU^R01`).
-    """
-
-    message_types: Sequence[str] = ()
-    processing_ids: Sequence[str] = ()
-    versions: Sequence[str] = ()
+    config: AcceptConfig = field(default_factory=AcceptConfig)
 
     def refusal(self, header: MessageHeader) -> AckError | None:
         """The ERR to answer with when this message is not accepted (table 0357)."""
-        if self.message_types:
-            kind = f"{header.message_code}^{header.trigger_event}".upper()
-            patterns = [p.upper() for p in self.message_types]
-            if not any(fnmatch.fnmatchcase(kind, p) for p in patterns):
-                code_known = any(fnmatch.fnmatchcase(header.message_code.upper(), p.split("^", 1)[0])
-                                 for p in patterns)
-                if code_known:
-                    return AckError(ErrorCode.UNSUPPORTED_EVENT_CODE, segment="MSH", field=9,
-                                    component=2, text="Unsupported event code")
-                return AckError(ErrorCode.UNSUPPORTED_MESSAGE_TYPE, segment="MSH", field=9,
-                                component=1, text="Unsupported message type")
-        if self.processing_ids and header.processing_id.split("^", 1)[0] not in self.processing_ids:
-            return AckError(ErrorCode.UNSUPPORTED_PROCESSING_ID, segment="MSH", field=11,
-                            text="Unsupported processing id")
-        if self.versions and header.version_id not in self.versions:
-            return AckError(ErrorCode.UNSUPPORTED_VERSION_ID, segment="MSH", field=12,
-                            text="Unsupported version id")
-        return None
+        code = self.config.rejection(header.message_code.upper(), header.trigger_event.upper(),
+                                     header.processing_id, header.version_id)
+        if code is None:
+            return None
+        error_code, field_no, component, text = _REFUSALS[code]
+        return AckError(error_code, segment="MSH", field=field_no, component=component, text=text)
 
 
 @dataclass(slots=True)

@@ -353,3 +353,30 @@ class TestWorkerProcesses:
 def child_pids(pid: int) -> set[int]:
     return {int(c) for task in Path(f"/proc/{pid}/task").iterdir()
             for c in (task / "children").read_text().split()}
+
+
+class TestAcceptance:
+    @pytest.mark.parametrize(
+        ("message_type", "processing", "version", "code"),
+        [
+            ("ADT^A01^ADT_A01", "P", "2.5.1", "AA"),
+            ("ORU^R01^ORU_R01", "P", "2.5", "AA"),  # `ORU` alone accepts every ORU event
+            ("ADT^A04^ADT_A01", "P", "2.5.1", "201"),  # message code known, event not accepted
+            ("SIU^S12^SIU_S12", "P", "2.5.1", "200"),
+            ("ADT^A01^ADT_A01", "T", "2.5.1", "202"),
+            ("ADT^A01^ADT_A01", "P", "2.3", "203"),
+        ],
+    )
+    async def test_accept_rules_answer_per_table_0357(
+        self, make_engine, message_type: str, processing: str, version: str, code: str
+    ) -> None:
+        """Message type, processing id and version rules refuse with ERR-3 200/201/202/203."""
+        engine = await make_engine(extra="    accept:\n      message_types: [ADT^A01, ORU]\n"
+                                         "      processing_ids: [P]\n      versions: ['2.5', '2.5.*']\n")
+        text = adt_a01("ACC1", message_type=message_type).replace("|ACC1|P|2.5.1|", f"|ACC1|{processing}|{version}|")
+        ack = await exchange("127.0.0.1", port_of(engine), text.encode())
+        if code == "AA":
+            assert "AA" == msa(ack)[0]
+        else:
+            assert ["AR", "ACC1"] == msa(ack)[:2]
+            assert code == err_code(ack)

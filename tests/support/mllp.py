@@ -40,5 +40,10 @@ def err_code(ack: bytes) -> str:
         if segment.startswith(b"ERR"):
             text = segment.decode("latin-1")
             fields = text.split(text[3])
-            return fields[3].split("^")[0] if len(fields) > 3 else ""
+            if len(fields) > 3 and fields[3]:
+                return fields[3].split("^")[0]  # v2.5+: ERR-3 (CWE)
+            if len(fields) > 1:  # before v2.5: ERR-1 (ELD), its 4th component is the code (CE)
+                parts = fields[1].split("^")
+                return parts[3].split("&")[0] if len(parts) > 3 else ""
+            return ""
     return ""
