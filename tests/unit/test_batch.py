@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import csv
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.hl7.batch import split_messages, split_text
-
-CORPUS = (Path(__file__).parents[2] / ".." / "shared" / "corpus").resolve()
-
-
-def corpus_rows() -> list[dict[str, str]]:
-    """INDEX.csv rows; skip (or fail under HL7ENGINE_REQUIRE_SERVICES=1) without the corpus."""
-    index = CORPUS / "INDEX.csv"
-    if not index.is_file():
-        if os.environ.get("HL7ENGINE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"third-party corpus required but missing: {index}")
-        pytest.skip(f"third-party corpus not found at {CORPUS} (a user's clone)")
-    with index.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+from tests.support.corpus import CORPUS, corpus_rows
 
 
 def message(control_id: str, terminator: bytes = b"\r") -> bytes:

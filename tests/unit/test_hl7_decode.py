@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
-from pathlib import Path
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,19 +9,7 @@ from hypothesis import strategies as st
 from engine.hl7.batch import split_messages
 from engine.hl7.charset import codec_for, resolve_fallback
 from engine.hl7.decode import decode, segments
-
-CORPUS = (Path(__file__).parents[2] / ".." / "shared" / "corpus").resolve()
-
-
-def corpus_rows() -> list[dict[str, str]]:
-    """INDEX.csv rows; skip (or fail under HL7ENGINE_REQUIRE_SERVICES=1) without the corpus."""
-    index = CORPUS / "INDEX.csv"
-    if not index.is_file():
-        if os.environ.get("HL7ENGINE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"third-party corpus required but missing: {index}")
-        pytest.skip(f"third-party corpus not found at {CORPUS} (a user's clone)")
-    with index.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+from tests.support.corpus import CORPUS, corpus_rows
 
 
 def msh(msh18: str = "", *, control_id: str = "C1") -> bytes:

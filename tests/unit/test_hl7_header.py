@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import os
-from pathlib import Path
-
 import hl7
 import pytest
 from hypothesis import given
@@ -17,22 +13,10 @@ from engine.hl7.errors import ErrorCode, HeaderError
 from engine.hl7.fields import ordering_value, parse_field_path
 from engine.hl7.header import parse_header, valid_delimiters
 from engine.types import MessageHeader
-
-CORPUS = (Path(__file__).parents[2] / ".." / "shared" / "corpus").resolve()
+from tests.support.corpus import CORPUS, corpus_rows
 
 # Printable ASCII that is neither letter, digit nor blank: every legal delimiter.
 DELIMITER_POOL = "|^~\\&#!$%*+/:;<=>?@[]{}_`'\",-."
-
-
-def corpus_rows() -> list[dict[str, str]]:
-    """INDEX.csv rows; skip (or fail under HL7ENGINE_REQUIRE_SERVICES=1) without the corpus."""
-    index = CORPUS / "INDEX.csv"
-    if not index.is_file():
-        if os.environ.get("HL7ENGINE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"third-party corpus required but missing: {index}")
-        pytest.skip(f"third-party corpus not found at {CORPUS} (a user's clone)")
-    with index.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def header_fields(header: MessageHeader) -> dict[int, str]:
