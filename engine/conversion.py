@@ -16,10 +16,9 @@ from typing import Any
 from engine.app import build_stages
 from engine.config.models import ChannelConfig, EngineConfig
 from engine.hl7.batch import split_messages
-from engine.hl7.decode import decode_message
-from engine.pipeline.workers import failure_reason
+from engine.pipeline.workers import apply_stages
 from engine.registry import BuildContext, Registry, default_registry
-from engine.types import EngineError, Exchange, Stage, Status, StoredMessage
+from engine.types import EngineError, Stage, Status, StoredMessage
 
 
 class ConversionFailed(EngineError):
@@ -47,24 +46,20 @@ def channel_stages(config: EngineConfig, channel: ChannelConfig, registry: Regis
 
 
 def run_stages(stages: list[Stage], channel: ChannelConfig, raw: bytes, index: int = 1) -> ConversionResult:
-    decoded = decode_message(raw, fallback=channel.charset_fallback)
+    """One message through the stages, exactly as the runner does it (apply_stages)."""
     message = StoredMessage(
         id=index, channel=channel.name, raw=raw, received_at=time.time(), status=Status.PROCESSING,
-        attempts=1, sender="", control_id="", message_type="", charset=decoded.codec,
+        attempts=1, sender="", control_id="", message_type="", charset=channel.charset_fallback,
         channel_version=channel.version,
     )
-    exchange: Exchange | None = Exchange(message=message, text=decoded.text)
-    for stage in stages:
-        assert exchange is not None
-        try:
-            exchange = stage.process(exchange)
-        except Exception as exc:
-            raise ConversionFailed(f"message {index}: stage {stage.name}: {failure_reason(exc)}") from None
-        if exchange is None:
-            return ConversionResult(index, None)
-    assert exchange is not None
-    unmapped = list(exchange.properties.get("unmapped", []))
-    return ConversionResult(index, exchange.output, unmapped)
+    outcome = apply_stages(stages, message)
+    if outcome.error is not None:
+        raise ConversionFailed(f"message {index}: {outcome.error}")
+    if outcome.filtered or outcome.output is None:
+        return ConversionResult(index, None)
+    output = dict(outcome.output)
+    output.pop("id", None)  # the runner's <channel>-<message id>: meaningless outside the store
+    return ConversionResult(index, output, list(outcome.unmapped))
 
 
 def convert_file(config: EngineConfig, channel_name: str, data: bytes) -> Iterator[ConversionResult]:

@@ -34,9 +34,8 @@ from engine.hl7.header import HeaderError, parse_header
 from engine.mllp.server import ConnectionInfo
 from engine.obs import metrics
 from engine.pipeline.senders import QUARANTINE_REASON, SenderPolicy
-from engine.pipeline.workers import failure_reason
+from engine.pipeline.workers import apply_stages
 from engine.types import (
-    Exchange,
     Inbound,
     MessageHeader,
     Stage,
@@ -180,7 +179,7 @@ class Intake:
             log.warning("control_id_collision", channel=self._channel, message_id=result.message_id)
 
         if settings.ack_mode == "after_processing" and self._stages:
-            failure = await self._process_now(result.message_id, inbound, decoded.text)
+            failure = await self._process_now(result.message_id, inbound)
             if failure is not None:
                 self._on_stored()
                 if header.enhanced_mode:
@@ -192,7 +191,7 @@ class Intake:
         self._on_stored()
         return self._count_and_frame(positive, header, "A")
 
-    async def _process_now(self, message_id: int, inbound: Inbound, text: str) -> str | None:
+    async def _process_now(self, message_id: int, inbound: Inbound) -> str | None:
         """Run the stages before answering (`ack: after_processing`); a failure dead-letters
         the stored message and returns a PHI-free reason for the ERR segment."""
         message = StoredMessage(
@@ -200,19 +199,12 @@ class Intake:
             status=Status.RECEIVED, attempts=0, sender=inbound.sender, control_id=inbound.control_id,
             message_type=inbound.message_type, charset=inbound.charset,
         )
-        exchange: Exchange | None = Exchange(message=message, text=text)
-        for stage in self._stages:
-            assert exchange is not None
-            try:
-                exchange = stage.process(exchange)
-            except Exception as exc:
-                reason = f"stage {stage.name}: {failure_reason(exc)}"
-                await self._store.dead_letter(message_id, reason)
-                metrics.PROCESSED.labels(self._channel, "dead").inc()
-                return reason
-            if exchange is None:
-                return None
-        return None
+        outcome = apply_stages(self._stages, message)
+        if outcome.error is None:
+            return None
+        await self._store.dead_letter(message_id, outcome.error)
+        metrics.PROCESSED.labels(self._channel, "dead").inc()
+        return outcome.error
 
     # ------------------------------------------------------------------ answers
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from channels.mappers.datatypes import hd_of
+from channels.mappers.segments.header import hd_to_endpoint
 from channels.mappers.v2 import V2Message, parse_message
 from engine.types import MappingError
 
@@ -42,6 +44,15 @@ class _Context:
         if self.message is None:
             return False
         return any(seg.raw(number) for seg in self.message.segments(segment_id))
+
+    def xon_makes_organization(self, segment_id: str, number: int) -> bool:
+        """An XON with a name (XON.1) or an identifier (XON.10, else XON.3): FHIR org-1 holds."""
+        if self.message is None:
+            return False
+        return any(
+            seg.value(number, 1) or seg.value(number, 10) or seg.value(number, 3)
+            for seg in self.message.segments(segment_id)
+        )
 
     def has_offset(self, segment_id: str, number: int) -> bool:
         if self.message is None:
@@ -86,9 +97,10 @@ def _activity_codings(resource: dict[str, Any]) -> list[dict[str, Any]]:
 
 def provenance_source(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG MSH[Provenance-Source]: only "if there is a source in MSH-4" (MSH-22), with
-    activity.coding.display "message - " + MSG; R4 needs recorded (MSH-7 with a zone)."""
+    activity.coding.display "message - " + MSG; R4 needs recorded (MSH-7 with a zone) and an
+    agent: an MSH-22 XON with neither XON.1 nor XON.10 gives no Organization (org-1)."""
     changed = False
-    emitted = (ctx.valued("MSH", 4) or ctx.valued("MSH", 22)) and ctx.has_offset("MSH", 7)
+    emitted = (ctx.valued("MSH", 4) or ctx.xon_makes_organization("MSH", 22)) and ctx.has_offset("MSH", 7)
     doomed = []
     for resource in _resources(bundle):
         if resource.get("resourceType") != "Provenance":
@@ -375,10 +387,18 @@ def encounter_codes(bundle: dict[str, Any], ctx: _Context) -> bool:
     NM[Quantity-LengthOfStay] system http://unitsofmeasure.org (the IG cell's trailing slash
     is not UCUM's URI, which Duration requires exactly)."""
     changed = False
+    pv1 = ctx.message.first("PV1") if ctx.message is not None else None
+    pending = pv1 is not None and bool(pv1.raw(42))
+    # Both list PV1-3, 6, 11, 42, 43 (those valued) first, then PV2-1: PV1-3 of a pre-admit
+    # and PV2-1 (prior pending) are planned in both, so only the PV1-42 item is rewritten.
+    valued = [n for n in (3, 6, 11, 42, 43) if pv1 is not None and pv1.raw(n)]
+    pending_index = valued.index(42) if pending else -1
     for resource in _resources(bundle):
         if resource.get("resourceType") != "Encounter":
             continue
-        for location in resource.get("location", []):
+        for index, location in enumerate(resource.get("location", [])):
+            if index != pending_index:
+                continue
             if isinstance(location, dict) and location.get("status") == "planned":
                 location["status"] = "reserved"
                 changed = True
@@ -389,17 +409,19 @@ def encounter_codes(bundle: dict[str, Any], ctx: _Context) -> bool:
     return changed
 
 
-_V2_TIME = re.compile(r"^(\d{2})(\d{2})(\d{2})?(?:\.\d+)?$")
+_V2_TIME = re.compile(r"^(\d{2})(\d{2})(\d{2})?(\.\d+)?$")
 
 
 def time_values(bundle: dict[str, Any], ctx: _Context) -> bool:
-    """OBX-5 TM → valueTime: FHIR time is hh:mm:ss; ReportStream keeps the v2 text (223100.0000)."""
+    """OBX-5 TM → valueTime: FHIR time is hh:mm:ss[.fraction]; ReportStream keeps the v2 text
+    (223100.0000). The fraction the sender gave is precision, kept (FHIR time allows 1-9 digits)."""
     changed = False
     for resource in _resources(bundle):
         value = resource.get("valueTime")
         match = _V2_TIME.match(value) if isinstance(value, str) else None
         if match:
-            resource["valueTime"] = f"{match.group(1)}:{match.group(2)}:{match.group(3) or '00'}"
+            seconds = match.group(3) or "00"
+            resource["valueTime"] = f"{match.group(1)}:{match.group(2)}:{seconds}{match.group(4) or ''}"
             changed = True
     return changed
 
@@ -490,6 +512,153 @@ def unreferenced_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
     return _drop(bundle, doomed)
 
 
+def empty_episode_of_care(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PV1-53/PV1-54 → episodeOfCare: ReportStream makes an EpisodeOfCare for every PV1, with
+    nothing in it but its own field extension when both fields are empty; R4 EpisodeOfCare
+    needs status and patient. Such EpisodeOfCares, and the Encounter references to them, go."""
+    if ctx.valued("PV1", 53) or ctx.valued("PV1", 54):
+        return False
+    doomed = [
+        r
+        for r in _resources(bundle)
+        if r.get("resourceType") == "EpisodeOfCare" and not set(r) - {"resourceType", "id"}
+    ]
+    if not doomed:
+        return False
+    refs = {f"EpisodeOfCare/{r.get('id')}" for r in doomed}
+    for resource in _resources(bundle):
+        episodes = resource.get("episodeOfCare")
+        if isinstance(episodes, list):
+            resource["episodeOfCare"] = [
+                e for e in episodes if not (isinstance(e, dict) and e.get("reference") in refs)
+            ]
+    return _drop(bundle, doomed)
+
+
+def _universal_id(resource: dict[str, Any]) -> str | None:
+    """The HD.2 identifier (typed ISO or UUID by HD.3) of a Location, if any."""
+    for ident in resource.get("identifier", []):
+        if not isinstance(ident, dict):
+            continue
+        codes = {c.get("code") for c in ident.get("type", {}).get("coding", []) if isinstance(c, dict)}
+        if codes & {"ISO", "UUID"} and isinstance(ident.get("value"), str):
+            return str(ident["value"])
+    return None
+
+
+def same_oid_locations(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PL[Location] / HD[Location]: HD.2 (with HD.3 ISO/UUID) is the facility's universal id.
+    ReportStream makes one Location per PL even when several PLs name the same HD.2 under
+    different HD.1 texts; our Bundle identifies a Location by that universal id, so they are
+    one conditional entry holding every identifier (a transaction may not hold two entries for
+    one conditional URL). Expected Locations sharing a universal id are merged the same way:
+    identifiers united, other elements from the first, references moved to it."""
+    kept: dict[str, dict[str, Any]] = {}
+    doomed: list[dict[str, Any]] = []
+    moved: dict[str, str] = {}
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "Location":
+            continue
+        universal = _universal_id(resource)
+        if universal is None:
+            continue
+        first = kept.setdefault(universal, resource)
+        if first is resource:
+            continue
+        identifiers = first.setdefault("identifier", [])
+        known = [_without_references(i) for i in identifiers]
+        for ident in resource.get("identifier", []):
+            if _without_references(ident) not in known:  # assigners differ only by generated id
+                identifiers.append(ident)
+                known.append(_without_references(ident))
+        for key, value in resource.items():
+            first.setdefault(key, value)
+        moved[f"Location/{resource.get('id')}"] = f"Location/{first.get('id')}"
+        doomed.append(resource)
+    if not doomed:
+        return False
+    for node in _walk(bundle):
+        if isinstance(node.get("reference"), str) and node["reference"] in moved:
+            node["reference"] = moved[node["reference"]]
+    return _drop(bundle, doomed)
+
+
+def visit_protection_not_yes_no(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PV2-22 → meta.security through the YesNoIndicator concept map (v2 table 0136, Y/N).
+    ReportStream copies any other text (`SEC`, `F`) as a security code; we report the field
+    unmapped instead of claiming a label. Those codings are dropped."""
+    if ctx.message is None:
+        return False
+    odd = {
+        seg.value(22)
+        for seg in ctx.message.segments("PV2")
+        if seg.value(22) and seg.value(22).upper() not in ("Y", "N")
+    }
+    changed = False
+    for resource in _resources(bundle):
+        meta = resource.get("meta")
+        if resource.get("resourceType") != "Encounter" or not isinstance(meta, dict):
+            continue
+        labels = meta.get("security", [])
+        kept = [c for c in labels if not (isinstance(c, dict) and c.get("code") in odd)]
+        if len(kept) != len(labels):
+            meta["security"] = kept
+            changed = True
+    return changed
+
+
+def source_endpoint_from_msh24(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG MSH-3 row: source.endpoint from MSH-3 only "IF MSH-24 NOT VALUED"; MSH-24 (sending
+    network address) → source.endpoint. ReportStream keeps MSH-3's endpoint; the expected
+    endpoint becomes MSH-24's (HD.2 with the URN prefix of its HD.3) when both are valued."""
+    if ctx.message is None or ctx.message.first("MSH") is None:
+        return False
+    msh = ctx.message.segment_list[0]
+    network = hd_of(msh.rep(24))
+    app_endpoint, network_endpoint = hd_to_endpoint(hd_of(msh.rep(3))), hd_to_endpoint(network)
+    if not app_endpoint or not network_endpoint:
+        return False
+    changed = False
+    for resource in _resources(bundle):
+        source = resource.get("source") if resource.get("resourceType") == "MessageHeader" else None
+        if isinstance(source, dict) and source.get("endpoint") == app_endpoint:
+            source["endpoint"] = network_endpoint
+            changed = True
+    return changed
+
+
+def receiving_organization_over_facility(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG MSH-6 row: destination.receiver from MSH-6 only "IF MSH-23 NOT VALUED" (MSH-23, the
+    receiving responsible organization, wins). ReportStream gives every destination the MSH-6
+    facility and adds a destination holding only the MSH-23 organization; the aligned form has
+    the MSH-23 organization as every destination's receiver and no MSH-6 Organization."""
+    if not (ctx.valued("MSH", 6) and ctx.xon_makes_organization("MSH", 23)):
+        return False
+    changed = False
+    replaced: set[str] = set()
+    for resource in _resources(bundle):
+        destinations = resource.get("destination") if resource.get("resourceType") == "MessageHeader" else None
+        if not isinstance(destinations, list):
+            continue
+        only_receiver = [d for d in destinations if isinstance(d, dict) and set(d) == {"receiver"}]
+        if not only_receiver:
+            continue
+        # the last receiver-only destination is MSH-23's; without MSH-5/MSH-25 the MSH-6 one
+        # is receiver-only too and comes first
+        responsible = only_receiver[-1]
+        addressed = [d for d in destinations if d not in only_receiver] or [responsible]
+        for destination in [d for d in destinations if d is not responsible]:
+            old = destination.get("receiver") if isinstance(destination, dict) else None
+            if isinstance(old, dict) and isinstance(old.get("reference"), str):
+                replaced.add(old["reference"])
+        for destination in addressed:
+            destination["receiver"] = dict(responsible["receiver"])
+        resource["destination"] = addressed
+        changed = True
+    doomed = [r for r in _resources(bundle) if f"{r.get('resourceType')}/{r.get('id')}" in replaced]
+    return _drop(bundle, doomed) or changed
+
+
 def _without_references(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: _without_references(v) for k, v in sorted(node.items()) if k != "reference"}
@@ -536,6 +705,11 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("order-codes", order_codes),
     ("cross-version-extension-url", cross_version_extension_url),
     ("duplicate-list-items", duplicate_list_items),
+    ("empty-episode-of-care", empty_episode_of_care),
+    ("same-oid-locations", same_oid_locations),
+    ("visit-protection-not-yes-no", visit_protection_not_yes_no),
+    ("source-endpoint-from-msh24", source_endpoint_from_msh24),
+    ("receiving-organization-over-facility", receiving_organization_over_facility),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
 

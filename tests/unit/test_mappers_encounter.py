@@ -258,6 +258,12 @@ class TestPv2ToEncounter:
         div = _one(bundle, "Encounter")["text"]["div"]
         assert "&lt;b&gt;x&lt;/b&gt; &amp; y" in div
 
+    def test_protection_indicator_outside_table_0136_is_reported(self) -> None:
+        """PV2-22 that is neither Y nor N gives no security label and is reported unmapped."""
+        result = convert_message(_message("PV1|1|I", _segment("PV2", {22: "SEC"})), MappingOptions())  # PV2-22
+        assert "meta" not in _one(result.bundle, "Encounter")
+        assert ("PV2", "22") in result.unmapped
+
     def test_pv2_without_pv1_is_reported(self) -> None:
         """A PV2 with no Encounter before it maps nothing and reports its fields."""
         result = convert_message(_message("PV2|||^Chest pain"), MappingOptions())

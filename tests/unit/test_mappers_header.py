@@ -7,24 +7,22 @@ import pytest
 from engine.types import MappingError
 from tests.unit.test_mappers_helpers import by_name, convert_both, one, resources, segment
 
-MSH = segment(
-    "MSH",
-    {
-        1: "^~\\&",  # MSH-2 (segment() numbers after the id, so 1 here is MSH-2)
-        2: "LAB^1.2.3^ISO",  # MSH-3
-        3: "HOSP",  # MSH-4
-        4: "EHR",  # MSH-5
-        5: "CLINIC",  # MSH-6
-        6: "20240301101500-0800",  # MSH-7
-        8: "ADT^A08^ADT_A01",  # MSH-9
-        9: "MSG42",  # MSH-10
-        10: "P^T",  # MSH-11
-        11: "2.5.1",  # MSH-12
-        16: "USA",  # MSH-17
-        17: "UNICODE UTF-8",  # MSH-18
-        18: "en",  # MSH-19
-    },
-)
+_MSH_FIELDS = {
+    1: "^~\\&",  # MSH-2 (segment() numbers after the id, so 1 here is MSH-2)
+    2: "LAB^1.2.3^ISO",  # MSH-3
+    3: "HOSP",  # MSH-4
+    4: "EHR",  # MSH-5
+    5: "CLINIC",  # MSH-6
+    6: "20240301101500-0800",  # MSH-7
+    8: "ADT^A08^ADT_A01",  # MSH-9
+    9: "MSG42",  # MSH-10
+    10: "P^T",  # MSH-11
+    11: "2.5.1",  # MSH-12
+    16: "USA",  # MSH-17
+    17: "UNICODE UTF-8",  # MSH-18
+    18: "en",  # MSH-19
+}
+MSH = segment("MSH", _MSH_FIELDS)
 PID = "PID|1||M1||DOE^JANE"
 
 
@@ -91,6 +89,23 @@ class TestMshToMessageHeader:
         header = one(convert_both(msh + "\r" + PID + "\r")["R4B"].bundle, "MessageHeader")
         assert header["meta"]["security"] == [{"code": "SEC1"}]
         assert header["language"] == "EN-US"
+
+    def test_receiving_application_and_network_are_two_destinations(self) -> None:
+        """MSH-5 and MSH-25 each give a destination (HD.1 → name, HD.2/3 → endpoint), both received by MSH-6."""
+        msh = segment("MSH", {**_MSH_FIELDS, 4: "EHR^2.1.5^ISO", 24: "NET^2.1.1^ISO"})  # MSH-5, MSH-25
+        bundle = convert_both(msh + "\r" + PID + "\r")["R4B"].bundle
+        destinations = one(bundle, "MessageHeader")["destination"]
+        assert [(d["name"], d["endpoint"]) for d in destinations] == [
+            ("EHR", "urn:oid:2.1.5"),
+            ("NET", "urn:oid:2.1.1"),
+        ]
+        assert destinations[0]["receiver"] == destinations[1]["receiver"]  # MSH-6, the receiving facility
+
+    def test_network_address_alone_names_the_destination(self) -> None:
+        """MSH-25 without MSH-5: its HD.1 is destination.name (IG HD[MessageHeader.destination-endpoint])."""
+        msh = segment("MSH", {**_MSH_FIELDS, 4: "", 24: "NET^2.1.1^ISO"})
+        header = one(convert_both(msh + "\r" + PID + "\r")["R4B"].bundle, "MessageHeader")
+        assert [(d["name"], d["endpoint"]) for d in header["destination"]] == [("NET", "urn:oid:2.1.1")]
 
     def test_missing_message_type_is_a_mapping_error(self) -> None:
         """An MSH without MSH-9 raises MappingError naming MSH-9."""

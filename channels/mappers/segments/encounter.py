@@ -465,6 +465,8 @@ def pv2_to_encounter(seg: Segment, ctx: MappingContext) -> None:
             else {"system": v2_table_system("0136"), "code": seg.value(22).upper()}
         )
         enc.setdefault("meta", {}).setdefault("security", []).append(coding)
+    elif seg.value(22):  # not a table 0136 value (Y/N): no security label to claim
+        ctx.reject(seg, 22)
     if seg.field(23) and "serviceProvider" not in enc:
         # PV2-23 (clinic organization name, XON) has no IG row; the clinic that provides the
         # visit is what Encounter.serviceProvider means, so it is mapped there.

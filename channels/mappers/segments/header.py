@@ -72,6 +72,31 @@ def _source(msh: Segment) -> dict[str, Any]:
     return source
 
 
+def _destinations(msh: Segment) -> list[dict[str, Any]]:
+    """IG MSH-5 and MSH-25 rows, each through HD[MessageHeader.destination-endpoint] (HD.1 →
+    name, HD.2 by HD.3 → endpoint). Both rows target destination[1] and would give it two
+    names when both fields are valued; one destination per distinct HD keeps both (the
+    receiving application and the receiving network), as CDC ReportStream does."""
+    destinations: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for field in (5, 25):
+        raw = msh.raw(field)
+        if not raw or raw in seen:
+            continue
+        seen.add(raw)
+        hd = hd_of(msh.rep(field))
+        destination: dict[str, Any] = {}
+        if hd.namespace:
+            destination["name"] = hd.namespace
+        endpoint = hd_to_endpoint(hd)
+        if endpoint:
+            destination["endpoint"] = endpoint
+        else:
+            destination["_endpoint"] = _absent()  # R4 destination.endpoint is 1..1
+        destinations.append(destination)
+    return destinations
+
+
 def _organization_from_hd(ctx: MappingContext, seg: Segment, field: int, kind: str) -> str | None:
     hd = hd_of(seg.rep(field))
     org = hd_to_organization(hd)
@@ -128,13 +153,9 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     language = as_code(msh.value(19, 1) or msh.value(19, 4))
     if language:
         header["language"] = language
-    # MSH-5 / MSH-25 → destination; MSH-6 / MSH-23 → destination.receiver
-    destination: dict[str, Any] = {}
-    receiving_app = hd_of(msh.rep(5))
-    if receiving_app.namespace:
-        destination["name"] = receiving_app.namespace
-    dest_network = hd_of(msh.rep(25))
-    dest_endpoint = hd_to_endpoint(dest_network) or dest_network.namespace or hd_to_endpoint(receiving_app)
+    # MSH-5 / MSH-25 → destination; MSH-23 (else MSH-6) → receiver of each destination (the
+    # facility receives the message whichever address it arrives at)
+    header_destinations = _destinations(msh)
     receiver = None
     if msh.field(23):
         receiver_org = xon_to_organization(msh.rep(23), s)
@@ -143,13 +164,12 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     if receiver is None:
         receiver = _organization_from_hd(ctx, msh, 6, "Organization-receiver")
     if receiver is not None:
-        destination["receiver"] = ctx.bundle.reference(receiver)
-    if destination or dest_endpoint:
-        if dest_endpoint:
-            destination["endpoint"] = dest_endpoint
-        else:
-            destination["_endpoint"] = _absent()
-        header["destination"] = [destination]
+        if not header_destinations:
+            header_destinations.append({"_endpoint": _absent()})  # R4 endpoint is 1..1
+        for destination in header_destinations:
+            destination["receiver"] = ctx.bundle.reference(receiver)
+    if header_destinations:
+        header["destination"] = header_destinations
     sender = _sender(msh, ctx)
     if sender is not None:
         header["sender"] = ctx.bundle.reference(sender)
