@@ -396,3 +396,37 @@ class TestLeasePlanner:
             if row.id in chosen:
                 assert planner.is_due(row)
                 assert all(e.id in chosen for e in candidates if e.ordering_key == row.ordering_key and e.id < row.id)
+
+
+class TestBatchedIngest:
+    async def test_mixed_batch_matches_one_by_one_semantics(self, store: SQLiteStore) -> None:
+        """One batch holding an original, its exact resend, a same-id collision, a stored
+        message's resend and a new one gives the outcomes item-by-item ingest would."""
+        import dataclasses
+        import hashlib
+
+        stored = inbound(1)
+        (first,) = await store.ingest([stored])
+        new = inbound(2)
+        collision_raw = new.raw + b"NTE|1||other content\r"
+        collision = dataclasses.replace(new, raw=collision_raw,
+                                        content_hash=hashlib.sha256(collision_raw).hexdigest())
+        results = await store.ingest([new, new, collision, stored, inbound(3)])
+        outcomes = [r.outcome for r in results]
+        assert ["stored", "duplicate", "collision", "duplicate", "stored"] == outcomes
+        assert results[0].message_id == results[1].message_id
+        assert first.message_id == results[3].message_id
+        assert stored.ack == results[3].ack
+        assert len({results[0].message_id, results[2].message_id, results[4].message_id}) == 3
+
+    async def test_concurrent_callers_share_statements_and_get_their_own_results(self, store: SQLiteStore) -> None:
+        """64 concurrent single-message ingests (merged by the writer) each get their own id."""
+        import asyncio
+
+        items = [inbound(100 + i) for i in range(64)]
+        results = await asyncio.gather(*(store.ingest([i]) for i in items))
+        ids = [r[0].message_id for r in results]
+        assert 64 == len(set(ids))
+        for item, (result,) in zip(items, results, strict=True):
+            got = await store.get(result.message_id)
+            assert got is not None and item.raw == got.raw and item.control_id == got.control_id
