@@ -917,14 +917,16 @@ def sn_to_value(rep: Repetition) -> tuple[str, dict[str, Any]] | None:
 
 
 def cq_to_quantity(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
-    """IG CQ[Quantity]: CQ.1 → value; CQ.2 (CWE, subcomponents) → unit (and UCUM code/system)."""
+    """IG CQ[Quantity]: CQ.1 → value; CQ.2 (CWE, subcomponents) → unit through CWE[string]
+    (CWE.9 original text, else CWE.2, else CWE.1), and code/system when CWE.1 and CWE.3 are valued."""
     number = nm_to_number(rep.component(1))
     if number is None:
         return None
     quantity: dict[str, Any] = {"value": number}
     unit_code, unit_text, unit_system = rep.component(2, 1), rep.component(2, 2), rep.component(2, 3)
-    if unit_code or unit_text:
-        quantity["unit"] = unit_text or unit_code
+    original = rep.component(2, 9)
+    if unit_code or unit_text or original:
+        quantity["unit"] = original or unit_text or unit_code
         system = _coding_system(unit_system, s) if unit_system else None
         if unit_code and system:
             quantity["system"] = system

@@ -269,6 +269,24 @@ def zoneless_time_as_utc(bundle: dict[str, Any], ctx: _Context) -> bool:
     return changed
 
 
+_FULL_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def instant_precision(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """FHIR instant (DiagnosticReport.issued, Observation.issued, Provenance.recorded) needs
+    seconds and a zone; ReportStream writes a DTM of year, month or day precision there as is
+    ("2023-08-15"), which no FHIR parser accepts. We leave the element out (the IG has no
+    DTM[instant] map; OBR-22 is reported unmapped). Such values are not compared."""
+    changed = False
+    for node in _walk(bundle):
+        for key in _INSTANTS & node.keys():
+            value = node[key]
+            if isinstance(value, str) and not _FULL_INSTANT.match(value) and not _UTC_TIME.match(value):
+                del node[key]
+                changed = True
+    return changed
+
+
 def not_hl7_extensions(bundle: dict[str, Any], ctx: _Context) -> bool:
     """Extensions at https://hl7.org/fhir/… (HL7 canonicals are http://hl7.org/fhir/…: these
     are ReportStream's own, e.g. temporary-location where the IG's PV1-11 row says
@@ -691,6 +709,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("name-type-b", name_type_b),
     ("telecom-use-default", telecom_use_default),
     ("zoneless-time-as-utc", zoneless_time_as_utc),
+    ("instant-precision", instant_precision),
     ("not-hl7-extensions", not_hl7_extensions),
     ("system-is-a-web-page", system_is_a_web_page),
     ("mothers-maiden-name-string", mothers_maiden_name_string),

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.engine_proc import REPO, EngineProcess, free_port, write_config
 from tests.support.messages import adt_a01
+from tests.support.wait import poll
 
 EX_CONFIG = 78
 
@@ -124,15 +125,12 @@ class TestSendAndMessages:
         poison = tmp_path / "poison.hl7"
         poison.write_text("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|P1|P|2.5.1\rNK1|1|ZZSECRETNAME\r")
         assert 0 == hl7engine("send", f"127.0.0.1:{port}", str(poison)).returncode
-        import time
 
-        deadline = time.monotonic() + 15
-        listing = ""
-        while time.monotonic() < deadline:
+        def dead_listing() -> str | None:
             listing = hl7engine("messages", "list", "-c", str(config), "--status", "dead").stdout
-            if "dead" in listing.split("\n", 1)[-1]:
-                break
-            time.sleep(0.1)
+            return listing if len(listing.splitlines()) > 1 else None
+
+        listing = poll(dead_listing, what="the dead letter")
         rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
         assert 1 == len(rows)
         message_id = rows[0][0]
@@ -143,11 +141,7 @@ class TestSendAndMessages:
         replayed = hl7engine("messages", "replay", message_id, "-c", str(config))
         assert "requeued 1 message(s)" in replayed.stdout
         # It fails again (the message itself is bad) and is dead once more; then release it.
-        while time.monotonic() < deadline:
-            listing = hl7engine("messages", "list", "-c", str(config), "--status", "dead").stdout
-            if len(listing.splitlines()) > 1:
-                break
-            time.sleep(0.1)
+        poll(dead_listing, what="the replayed message to be dead again")
         released = hl7engine("messages", "release", message_id, "-c", str(config))
         assert "released 1 message(s)" in released.stdout
         listing = hl7engine("messages", "list", "-c", str(config), "--status", "released").stdout
@@ -170,14 +164,11 @@ class TestSendAndMessages:
         message = tmp_path / "m.hl7"
         message.write_text(adt_a01("D1", mrn="MRN777"))
         assert 0 == hl7engine("send", f"127.0.0.1:{port}", str(message)).returncode
-        import time
-
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        def done_listing() -> str | None:
             listing = hl7engine("messages", "list", "-c", str(config), "--status", "done").stdout
-            if len(listing.splitlines()) > 1:
-                break
-            time.sleep(0.1)
+            return listing if len(listing.splitlines()) > 1 else None
+
+        listing = poll(done_listing, what="the message to be delivered")
         message_id = listing.splitlines()[1].split()[0]
         sink_before = (tmp_path / "out.ndjson").read_bytes()
         candidate = tmp_path / "candidate.yaml"

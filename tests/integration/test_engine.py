@@ -19,6 +19,7 @@ from engine.obs import metrics
 from engine.types import MessageQuery, Status
 from tests.support.messages import adt_a01
 from tests.support.mllp import err_code, exchange, frame, msa, read_frame
+from tests.support.wait import apoll
 
 # NK1 with no PID before it: the mapping refuses it (MappingError naming NK1).
 POISON = "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|{cid}|P|2.5.1\rEVN|A01\rNK1|1|DOE^JOHN\r"
@@ -65,25 +66,20 @@ def port_of(engine: Engine, channel: str = "adt") -> int:
 
 
 async def wait_lines(path: Path, count: int, timeout: float = 15.0) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            # Only whole lines: the sink may be half-way through a write right now.
-            complete = path.read_bytes().split(b"\n")[:-1]
-            if len(complete) >= count:
-                return [json.loads(line) for line in complete]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} lines in {path.name}")
+    async def whole_lines() -> list[bytes] | None:
+        # Only whole lines: the sink may be half-way through a write right now.
+        complete = path.read_bytes().split(b"\n")[:-1] if path.exists() else []
+        return complete if len(complete) >= count else None
+
+    lines = await apoll(whole_lines, timeout=timeout, what=f"{count} lines in {path.name}")
+    return [json.loads(line) for line in lines]
 
 
 async def wait_for_status(engine: Engine, status: Status, count: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = await engine.store.query(MessageQuery(statuses=frozenset({status})))
-        if len(rows) >= count:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {count} message(s) in status {status}")
+    async def enough() -> bool:
+        return len(await engine.store.query(MessageQuery(statuses=frozenset({status})))) >= count
+
+    await apoll(enough, timeout=timeout, what=f"{count} message(s) in status {status}")
 
 
 class TestCustody:
