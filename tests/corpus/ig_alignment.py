@@ -231,6 +231,35 @@ def telecom_use_default(bundle: dict[str, Any], ctx: _Context) -> bool:
     return changed
 
 
+_V2_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?(?!\d)")
+
+
+def _v2_offsets(match: re.Match[str], text: str) -> set[str]:
+    """The offsets of the v2 timestamps in `text` that name the instant of a `_UTC_TIME`
+    match (the v2 value may stop at the hour or minute where the FHIR value has zeros)."""
+    wanted = "".join(match.groups()[:3]) + "".join(g or "00" for g in match.groups()[3:6])
+    found = set()
+    for stamp in _V2_TIMESTAMP.finditer(text):
+        digits = stamp.group(1) + "".join(g or "00" for g in stamp.groups()[1:4])
+        if digits == wanted:
+            found.add(stamp.group(5) or "")
+    return found - {""}
+
+
+def utc_offset_form(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """A v2 time sent with offset +0000: ReportStream writes "…Z", ours keeps the sender's
+    offset as "+00:00" (the IG's DTM rows keep the offset given). Same instant; compared in
+    our form."""
+    changed = False
+    for node in _walk(bundle):
+        for key, value in list(node.items()):
+            match = _UTC_TIME.match(value) if isinstance(value, str) else None
+            if match is not None and _v2_offsets(match, ctx.text) == {"+0000"}:
+                node[key] = value[:-1] + "+00:00"
+                changed = True
+    return changed
+
+
 def zoneless_time_as_utc(bundle: dict[str, Any], ctx: _Context) -> bool:
     """A v2 time without an offset: ReportStream assumes UTC ("…Z"); we never guess a zone
     (issue 3), so the value keeps date precision (and the v2 text). Compared as the date;
@@ -243,8 +272,7 @@ def zoneless_time_as_utc(bundle: dict[str, Any], ctx: _Context) -> bool:
             match = _UTC_TIME.match(value)
             if match is None:
                 continue
-            compact = "".join(g for g in match.groups()[:3])
-            if re.search(re.escape(compact) + r"\d*[+-]\d{4}", ctx.text):
+            if _v2_offsets(match, ctx.text):
                 continue  # the message carries an offset: a real instant, compared as is
             if key in _INSTANTS:
                 del node[key]  # an instant needs the zone the message does not give: none is made
@@ -284,6 +312,60 @@ def instant_precision(bundle: dict[str, Any], ctx: _Context) -> bool:
             if isinstance(value, str) and not _FULL_INSTANT.match(value) and not _UTC_TIME.match(value):
                 del node[key]
                 changed = True
+    return changed
+
+
+def identifier_type_without_code(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG HD[Organization] HD.3 row: identifier[2].type comes from HD.3 (UniversalIDType map);
+    with HD.3 empty there is no type. ReportStream still writes a Coding holding only the
+    table 0301 system, which says nothing. Such codings are not compared."""
+    changed = False
+    for node in _walk(bundle):
+        kind = node.get("type") if "value" in node else None
+        if not isinstance(kind, dict) or not isinstance(kind.get("coding"), list):
+            continue
+        codings = kind["coding"]
+        kept = [c for c in codings if not (isinstance(c, dict) and set(c) == {"system"})]
+        if len(kept) != len(codings):
+            kind["coding"] = kept
+            changed = True
+    return changed
+
+
+_HD_SOURCE_NAME = re.compile(r"^(.*\S)-([A-Za-z0-9]+):(.+)$")
+
+
+def source_name_separator(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG HD[MessageHeader.source-endpoint] HD.2 row (HD.3 not ISO/UUID/DNS/URI, e.g. CLIA):
+    source.name = HD.1+" - "+HD.3+":"+HD.2. ReportStream leaves out the spaces around "-"."""
+    if ctx.message is None or ctx.message.first("MSH") is None:
+        return False
+    app = hd_of(ctx.message.segment_list[0].rep(3))
+    changed = False
+    for resource in _resources(bundle):
+        source = resource.get("source") if resource.get("resourceType") == "MessageHeader" else None
+        name = source.get("name") if isinstance(source, dict) else None
+        match = _HD_SOURCE_NAME.match(name) if isinstance(name, str) else None
+        if match and isinstance(source, dict) and match.groups() == (app.namespace, app.id_type, app.universal_id):
+            source["name"] = f"{app.namespace} - {app.id_type}:{app.universal_id}"
+            changed = True
+    return changed
+
+
+def identifier_without_value(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """An identifier with no value identifies nothing: ReportStream writes one holding only
+    a type (a second Device identifier typed `DII` beside OBX-18's EI; an SPM-2 EIP whose
+    EI.1 is empty, typed PGN with HD.1 as its system). Ours makes none (IG EI rows: EI.1 →
+    value; a conditional match needs a value). Such identifiers are not compared."""
+    changed = False
+    for resource in _resources(bundle):
+        identifiers = resource.get("identifier")
+        if not isinstance(identifiers, list):
+            continue
+        kept = [i for i in identifiers if not (isinstance(i, dict) and "type" in i and "value" not in i)]
+        if len(kept) != len(identifiers):
+            resource["identifier"] = kept
+            changed = True
     return changed
 
 
@@ -350,7 +432,10 @@ def telephone_number_is_a_phone(bundle: dict[str, Any], ctx: _Context) -> bool:
     for node in _walk(bundle):
         telecom = node.get("telecom")
         for point in telecom if isinstance(telecom, list) else []:
-            number = isinstance(point, dict) and point.get("value") and "@" not in str(point.get("value"))
+            local = isinstance(point, dict) and any(
+                isinstance(e, dict) and e.get("url") == SD + "contactpoint-local" for e in point.get("extension", [])
+            )
+            number = isinstance(point, dict) and (local or point.get("value")) and "@" not in str(point.get("value"))
             if number and "_system" in point and "system" not in point:
                 del point["_system"]
                 point["system"] = "phone"
@@ -444,15 +529,44 @@ def time_values(bundle: dict[str, Any], ctx: _Context) -> bool:
     return changed
 
 
+def sn_text_spaces(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG OBX-5 SN row (string form): the components joined with spaces ("- 1 + 3");
+    ReportStream joins them with "+" ("-+1+++3")."""
+    if ctx.message is None:
+        return False
+    texts = {}
+    for seg in ctx.message.segments("OBX"):
+        if seg.value(2) == "SN":
+            parts = seg.rep(5).components()
+            texts["+".join(parts)] = " ".join(p for p in parts if p)
+    changed = False
+    for resource in _resources(bundle):
+        value = resource.get("valueString")
+        if resource.get("resourceType") == "Observation" and value in texts:
+            resource["valueString"] = texts[value]
+            changed = True
+    return changed
+
+
 def order_codes(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG OBR-11 row: specimen action G (generated order) → intent reflex-order (ReportStream:
-    order); IG ORC-1 row: order control NW → status active (ReportStream: unknown without ORC-5)."""
+    order); IG ORC-1 row: order control NW → status active (ReportStream: unknown without ORC-5);
+    IG OBR-25 row "IF OBR-25 VALUED": without it the report status is unknown (ReportStream:
+    entered-in-error)."""
     if ctx.message is None:
         return False
     reflex = any(seg.raw(11) == "G" for seg in ctx.message.segments("OBR"))
     new_order = any(seg.raw(1) == "NW" and not seg.raw(5) for seg in ctx.message.segments("ORC"))
+    no_result_status = not any(seg.raw(25) for seg in ctx.message.segments("OBR"))
     changed = False
     for resource in _resources(bundle):
+        if (
+            resource.get("resourceType") == "DiagnosticReport"
+            and no_result_status
+            and resource.get("status") == "entered-in-error"
+        ):
+            resource["status"] = "unknown"  # IG OBR-25 row applies only "IF OBR-25 VALUED"
+            changed = True
         if resource.get("resourceType") != "ServiceRequest":
             continue
         if reflex and resource.get("intent") == "order":
@@ -484,8 +598,9 @@ def duplicate_list_items(bundle: dict[str, Any], ctx: _Context) -> bool:
 
 def organization_without_name_or_identifier(bundle: dict[str, Any], ctx: _Context) -> bool:
     """FHIR R4 org-1: an Organization SHALL have a name or an identifier. ReportStream makes
-    some without either (NK1-30..32 without NK1-13, an XON holding only XON.8); we make none.
-    They and the references to them are dropped."""
+    some without either (NK1-30..32 without NK1-13, an XON holding only XON.8, ORC-22/23
+    without ORC-21); we make none. They and the references to them are dropped, and a
+    PractitionerRole left holding only its practitioner is replaced by that Practitioner."""
     doomed = [
         r
         for r in _resources(bundle)
@@ -494,9 +609,22 @@ def organization_without_name_or_identifier(bundle: dict[str, Any], ctx: _Contex
     if not doomed:
         return False
     refs = {f"Organization/{r.get('id')}" for r in doomed}
+    # A PractitionerRole that joined such an Organization (ORC-22/23 without ORC-21) to a
+    # practitioner holds only the practitioner once it goes: ours references the Practitioner.
+    roles = {
+        f"PractitionerRole/{r.get('id')}": r["practitioner"]
+        for r in _resources(bundle)
+        if r.get("resourceType") == "PractitionerRole"
+        and set(r) == {"resourceType", "id", "practitioner", "organization"}
+        and r["organization"].get("reference") in refs
+    }
     for node in _walk(bundle):
         for key in [k for k, v in node.items() if isinstance(v, dict) and v.get("reference") in refs]:
             del node[key]
+    for node in _walk(bundle):
+        if node.get("reference") in roles:
+            node["reference"] = roles[node["reference"]].get("reference")
+    doomed += [r for r in _resources(bundle) if f"PractitionerRole/{r.get('id')}" in roles]
     return _drop(bundle, doomed)
 
 
@@ -592,6 +720,50 @@ def same_oid_locations(bundle: dict[str, Any], ctx: _Context) -> bool:
         for key, value in resource.items():
             first.setdefault(key, value)
         moved[f"Location/{resource.get('id')}"] = f"Location/{first.get('id')}"
+        doomed.append(resource)
+    if not doomed:
+        return False
+    for node in _walk(bundle):
+        if isinstance(node.get("reference"), str) and node["reference"] in moved:
+            node["reference"] = moved[node["reference"]]
+    return _drop(bundle, doomed)
+
+
+def _identity_keys(resource: dict[str, Any]) -> set[tuple[str, tuple[str, ...]]]:
+    """(value, type codes) of each identifier of a resource: what its conditional URL names."""
+    keys = set()
+    for ident in resource.get("identifier", []):
+        if isinstance(ident, dict) and isinstance(ident.get("value"), str):
+            codes = tuple(
+                sorted(str(c.get("code")) for c in ident.get("type", {}).get("coding", []) if isinstance(c, dict))
+            )
+            keys.add((ident["value"], codes))
+    return keys
+
+
+def same_identifier_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """Two XONs (MSH-22 and MSH-23, PD1-3 repetitions) that carry the same identifier (XON.10
+    with the same type and authority) but different names: ReportStream makes two
+    Organizations; ours is one conditional entry (the identifier names one organization; a
+    transaction may not hold two entries for one conditional URL), merged as bundle.py does:
+    the first value of each element wins, lists gain the other's items, references move."""
+    kept: list[dict[str, Any]] = []
+    doomed: list[dict[str, Any]] = []
+    moved: dict[str, str] = {}
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "Organization":
+            continue
+        keys = _identity_keys(resource)
+        first = next((k for k in kept if keys and _identity_keys(k) & keys), None)
+        if first is None:
+            kept.append(resource)
+            continue
+        for key, value in resource.items():
+            if key not in first:
+                first[key] = value
+            elif isinstance(first[key], list) and isinstance(value, list):
+                first[key].extend(item for item in value if item not in first[key])
+        moved[f"Organization/{resource.get('id')}"] = f"Organization/{first.get('id')}"
         doomed.append(resource)
     if not doomed:
         return False
@@ -708,26 +880,32 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("system-not-a-uri", system_not_a_uri),
     ("name-type-b", name_type_b),
     ("telecom-use-default", telecom_use_default),
+    ("utc-offset-form", utc_offset_form),
     ("zoneless-time-as-utc", zoneless_time_as_utc),
     ("instant-precision", instant_precision),
+    ("identifier-type-without-code", identifier_type_without_code),
+    ("identifier-without-value", identifier_without_value),
     ("not-hl7-extensions", not_hl7_extensions),
     ("system-is-a-web-page", system_is_a_web_page),
     ("mothers-maiden-name-string", mothers_maiden_name_string),
     ("organization-without-name-or-identifier", organization_without_name_or_identifier),
     ("unreferenced-organizations", unreferenced_organizations),
     ("duplicate-resources", duplicate_resources),
+    ("same-identifier-organizations", same_identifier_organizations),
     ("telephone-number-is-a-phone", telephone_number_is_a_phone),
     ("contact-point-without-value", contact_point_without_value),
     ("hl7-null-text", hl7_null_text),
     ("encounter-codes", encounter_codes),
     ("time-values", time_values),
     ("order-codes", order_codes),
+    ("sn-text-spaces", sn_text_spaces),
     ("cross-version-extension-url", cross_version_extension_url),
     ("duplicate-list-items", duplicate_list_items),
     ("empty-episode-of-care", empty_episode_of_care),
     ("same-oid-locations", same_oid_locations),
     ("visit-protection-not-yes-no", visit_protection_not_yes_no),
     ("source-endpoint-from-msh24", source_endpoint_from_msh24),
+    ("source-name-separator", source_name_separator),
     ("receiving-organization-over-facility", receiving_organization_over_facility),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)

@@ -51,8 +51,8 @@ def hd_to_endpoint(hd: HD) -> str | None:
     if not hd.universal_id:
         return None
     kind = hd.id_type.upper()
-    if kind in ("URI", "URL") or hd.universal_id.startswith(("http://", "https://", "urn:", "mllp://")):
-        return hd.universal_id
+    if hd.universal_id.startswith(("http://", "https://", "urn:", "mllp://")) or kind == "URL":
+        return hd.universal_id  # already absolute: a second scheme would not make it more so
     prefix = _URN_PREFIX.get(kind)
     return prefix + hd.universal_id if prefix else None
 
@@ -63,6 +63,10 @@ def _source(msh: Segment) -> dict[str, Any]:
     source: dict[str, Any] = {}
     if app.namespace:
         source["name"] = app.namespace
+    if app.universal_id and app.id_type and app.id_type.upper() not in _URN_PREFIX:
+        # IG HD[MessageHeader.source-endpoint] HD.2 row for other HD.3 types (CLIA, …): no
+        # endpoint; name = HD.1+" - "+HD.3+":"+HD.2
+        source["name"] = f"{app.namespace} - {app.id_type}:{app.universal_id}"
     network = hd_of(msh.rep(24))
     endpoint = hd_to_endpoint(network) or network.namespace or hd_to_endpoint(app)
     if endpoint:
@@ -131,9 +135,10 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     if event:
         # IG MSG[Coding]: MSG.2 → code (v2-0003), display = MSG.1^MSG.2^MSG.3
         coding: dict[str, Any] = {"system": v2_table_system("0003"), "code": as_code(event)}
-        coding["display"] = "^".join(msh.rep(9).components())
     else:
         coding = {"system": v2_table_system("0076"), "code": as_code(code)}
+    # IG MSG[Coding] row MSG: display = MSG.1^MSG.2^MSG.3 whether or not MSG.2 is valued
+    coding["display"] = "^".join(msh.rep(9).components())
     header["eventCoding"] = coding
     msh.value(9, 3)  # MSH-9.3 message structure: read by ctx.structure
     # MSH-11 → meta.tag (IG PT[Meta]: PT.1 → v2-0103, PT.2 → v2-0207)
@@ -153,6 +158,14 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     language = as_code(msh.value(19, 1) or msh.value(19, 4))
     if language:
         header["language"] = language
+    # MSH-22 → responsible (XON[Organization]); added before MSH-23 so that, when both name
+    # one organization (same identifier, one conditional entry), the field order decides its name
+    responsible = None
+    if msh.field(22):
+        responsible_org = xon_to_organization(msh.rep(22), s)
+        if responsible_org is not None:
+            responsible = ctx.add(responsible_org, msh, "Organization-responsible")
+            header["responsible"] = ctx.bundle.reference(responsible)
     # MSH-5 / MSH-25 → destination; MSH-23 (else MSH-6) → receiver of each destination (the
     # facility receives the message whichever address it arrives at)
     header_destinations = _destinations(msh)
@@ -174,13 +187,6 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
     if sender is not None:
         header["sender"] = ctx.bundle.reference(sender)
     header["source"] = _source(msh)
-    # MSH-22 → responsible (XON[Organization])
-    responsible = None
-    if msh.field(22):
-        responsible_org = xon_to_organization(msh.rep(22), s)
-        if responsible_org is not None:
-            responsible = ctx.add(responsible_org, msh, "Organization-responsible")
-            header["responsible"] = ctx.bundle.reference(responsible)
     msh.mark_used(18)  # applied by the custody path's decoder
     header_url = ctx.add(header, msh, "MessageHeader")
     ctx.current["MessageHeader"] = header_url

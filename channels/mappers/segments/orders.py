@@ -169,6 +169,14 @@ def _xcn_organization_actor(
     return practitioner or organization
 
 
+def _referenced_type(reference: Any, ctx: MappingContext) -> str | None:
+    """The resourceType of the Bundle entry a Reference points at (None when there is none)."""
+    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
+        return None
+    resource = ctx.bundle.resource(reference["reference"])
+    return str(resource.get("resourceType")) if resource is not None else None
+
+
 # ---------------------------------------------------------------- ORC
 
 
@@ -308,9 +316,16 @@ def _apply_obr(obr: Segment, ctx: MappingContext, request: dict[str, Any], orc: 
         request["intent"] = "reflex-order"
     elif obr.value(11):
         obr.mark_used(11)  # A (add-on) has no FHIR intent code: stays "order"
-    if "requester" not in request and obr.field(16):  # IG OBR-16 IF ORC-12 NOT VALUED
+    current = request.get("requester")
+    current_type = _referenced_type(current, ctx)
+    if (current is None or current_type == "Organization") and obr.field(16):  # IG OBR-16 IF ORC-12 NOT VALUED
         requester = practitioner_reference(obr.rep(16), obr, ctx, "Practitioner-16")
-        if requester is not None:
+        if requester is not None and current is not None:
+            # ORC-21 gave requester(PractitionerRole.organization): OBR-16 stands in for ORC-12
+            # as that role's practitioner (IG ORC-12 row)
+            role = {"resourceType": "PractitionerRole", "practitioner": requester, "organization": current}
+            request["requester"] = ctx.bundle.reference(ctx.add(role, obr, "PractitionerRole-16"))
+        elif requester is not None:
             request["requester"] = requester
     if obr.field(17):  # IG OBR-17 → callback phone
         phone = dt.xtn_to_contact_point(obr.rep(17), s)
@@ -351,13 +366,31 @@ def _cnn_practitioner(rep: Repetition, seg: Segment, ctx: MappingContext, kind: 
         name["given"] = given
     if parts[5]:
         name["prefix"] = [parts[5]]
-    if parts[4]:
-        name["suffix"] = [parts[4]]
+    suffix = [x for x in (parts[4], parts[6]) if x]  # IG CNN.5 → suffix[1], CNN.7 degree → suffix[2]
+    if suffix:
+        name["suffix"] = suffix
     if name:
         practitioner["name"] = [name]
     if len(practitioner) == 1:
         return None
     return ctx.bundle.reference(ctx.add(practitioner, seg, kind))
+
+
+def _ndl_role(seg: Segment, number: int, ctx: MappingContext) -> dict[str, Any] | None:
+    """IG NDL[PractitionerRole]: NDL.1 → practitioner (CNN[Practitioner]), NDL.2/NDL.3 →
+    period. The NDL.4-11 point-of-care locations are not mapped yet."""
+    rep = seg.rep(number)
+    practitioner = _cnn_practitioner(rep, seg, ctx, f"Practitioner-{number}")
+    if practitioner is None:
+        return None
+    role: dict[str, Any] = {"resourceType": "PractitionerRole", "practitioner": practitioner}
+    period: dict[str, Any] = {}
+    for component, element in ((2, "start"), (3, "end")):
+        if rep.component(component):
+            dt.put_datetime(period, element, rep.component(component), ctx.settings)
+    if period:
+        role["period"] = period
+    return ctx.bundle.reference(ctx.add(role, seg, f"PractitionerRole-{number}"))
 
 
 def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, request_url: str | None) -> str:
@@ -406,8 +439,8 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
             report["issued"] = issued
         else:
             ctx.reject(obr, 22)
-    interpreter = _cnn_practitioner(obr.rep(32), obr, ctx, "Practitioner-32") if obr.field(32) else None
-    if interpreter is not None:  # IG OBR-32
+    interpreter = _ndl_role(obr, 32, ctx) if obr.field(32) else None
+    if interpreter is not None:  # IG OBR-32 → resultsInterpreter(PractitionerRole)
         report["resultsInterpreter"] = [interpreter]
     for number, function in ((34, "SPRF"), (35, "TRANS")):  # IG OBR-34 / OBR-35
         for index, rep in enumerate(obr.field(number), start=1):
@@ -934,6 +967,9 @@ def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
         ident = dt.cx_to_identifier(rep, s)
         if ident is not None:
             identifiers.append(ident)
+    shipment = _ei(seg, 32, ctx, "SHIP")  # IG SPM-32 → identifier[3] typed SHIP (v2-0203)
+    if shipment is not None:
+        identifiers.append(shipment)
     if identifiers:
         specimen["identifier"] = identifiers
     if seg.field(30):  # IG SPM-30 → accessionIdentifier
