@@ -635,27 +635,39 @@ def unreferenced_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
     ReportStream's own extensions; we do not create them. Nor do we create one per assigning
     authority (IG CX.4 / XCN.9 / XON.6 "assigner(Organization)"): identifier.system and
     assigner.display carry it (datatypes.py), so an Organization referenced only as an
-    identifier's assigner is not required either (the assigner element itself still is)."""
-    referenced = {
-        str(node["reference"])
-        for holder in _walk(bundle)
-        for key, node in holder.items()
-        if key != "assigner" and isinstance(node, dict) and isinstance(node.get("reference"), str)
-    } | {
-        str(node["reference"])
-        for holder in _walk(bundle)
-        for key, items in holder.items()
-        if isinstance(items, list)
-        for node in items
-        if isinstance(node, dict) and isinstance(node.get("reference"), str)
-    }
-    doomed = [
-        r
-        for r in _resources(bundle)
-        if r.get("resourceType") in ("Organization", "Location", "Practitioner")
-        and f"{r.get('resourceType')}/{r.get('id')}" not in referenced
-    ]
-    return _drop(bundle, doomed)
+    identifier's assigner is not required either (the assigner element itself still is).
+    A Location referenced only through the partOf chain of such a Location (the PL of ORC-13,
+    whose IG row has no target) goes with it: references from dropped resources do not count."""
+    doomed: list[dict[str, Any]] = []
+    while True:
+        doomed_ids = {id(r) for r in doomed}
+        live = [r for r in _resources(bundle) if id(r) not in doomed_ids]
+        referenced = {ref for resource in live for ref in _outgoing_references(resource)}
+        more = [
+            r
+            for r in live
+            if r.get("resourceType") in ("Organization", "Location", "Practitioner")
+            and f"{r.get('resourceType')}/{r.get('id')}" not in referenced
+        ]
+        if not more:
+            return _drop(bundle, doomed)
+        doomed += more
+
+
+def _outgoing_references(resource: dict[str, Any]) -> set[str]:
+    """The references a resource makes, except identifier assigners (see above)."""
+    refs = set()
+    for holder in _walk(resource):
+        for key, node in holder.items():
+            if key != "assigner" and isinstance(node, dict) and isinstance(node.get("reference"), str):
+                refs.add(str(node["reference"]))
+            elif isinstance(node, list):
+                refs.update(
+                    str(item["reference"])
+                    for item in node
+                    if isinstance(item, dict) and isinstance(item.get("reference"), str)
+                )
+    return refs
 
 
 def empty_episode_of_care(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -729,14 +741,16 @@ def same_oid_locations(bundle: dict[str, Any], ctx: _Context) -> bool:
     return _drop(bundle, doomed)
 
 
-def _identity_keys(resource: dict[str, Any]) -> set[tuple[str, tuple[str, ...]]]:
-    """(value, type codes) of each identifier of a resource: what its conditional URL names."""
+def _identity_keys(resource: dict[str, Any], with_system: bool = False) -> set[tuple[str, tuple[str, ...]]]:
+    """(value, type codes[, system]) of each identifier of a resource: what its conditional URL names."""
     keys = set()
     for ident in resource.get("identifier", []):
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
             codes = tuple(
                 sorted(str(c.get("code")) for c in ident.get("type", {}).get("coding", []) if isinstance(c, dict))
             )
+            if with_system:
+                codes += (str(ident.get("system")),)
             keys.add((ident["value"], codes))
     return keys
 
@@ -747,14 +761,20 @@ def same_identifier_organizations(bundle: dict[str, Any], ctx: _Context) -> bool
     Organizations; ours is one conditional entry (the identifier names one organization; a
     transaction may not hold two entries for one conditional URL), merged as bundle.py does:
     the first value of each element wins, lists gain the other's items, references move."""
+    return _merge_same_identity(bundle, "Organization")
+
+
+def _merge_same_identity(bundle: dict[str, Any], resource_type: str, with_system: bool = False) -> bool:
+    """Merge the expected resources of one type that share an identifier, as bundle.py merges
+    entries with one conditional URL (first value wins, lists gain items, references move)."""
     kept: list[dict[str, Any]] = []
     doomed: list[dict[str, Any]] = []
     moved: dict[str, str] = {}
     for resource in _resources(bundle):
-        if resource.get("resourceType") != "Organization":
+        if resource.get("resourceType") != resource_type:
             continue
-        keys = _identity_keys(resource)
-        first = next((k for k in kept if keys and _identity_keys(k) & keys), None)
+        keys = _identity_keys(resource, with_system)
+        first = next((k for k in kept if keys and _identity_keys(k, with_system) & keys), None)
         if first is None:
             kept.append(resource)
             continue
@@ -763,7 +783,7 @@ def same_identifier_organizations(bundle: dict[str, Any], ctx: _Context) -> bool
                 first[key] = value
             elif isinstance(first[key], list) and isinstance(value, list):
                 first[key].extend(item for item in value if item not in first[key])
-        moved[f"Organization/{resource.get('id')}"] = f"Organization/{first.get('id')}"
+        moved[f"{resource_type}/{resource.get('id')}"] = f"{resource_type}/{first.get('id')}"
         doomed.append(resource)
     if not doomed:
         return False
@@ -771,6 +791,106 @@ def same_identifier_organizations(bundle: dict[str, Any], ctx: _Context) -> bool
         if isinstance(node.get("reference"), str) and node["reference"] in moved:
             node["reference"] = moved[node["reference"]]
     return _drop(bundle, doomed)
+
+
+def same_identifier_related_persons(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG NK1[RelatedPerson] row NK1-33 → identifier. Two NK1 segments carrying the same
+    NK1-33 identifier name one person: ReportStream makes two RelatedPersons, ours is one
+    conditional entry (a transaction may not hold two entries for one conditional URL,
+    bundle.py), merged as bundle.py does."""
+    if not ctx.valued("NK1", 33):
+        return False
+    return _merge_same_identity(bundle, "RelatedPerson")
+
+
+def one_contact_per_nk1(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG NK1[Patient]: each NK1 segment is one Patient.contact; NK1-2 (contact.name) and
+    NK1-13 (contact.organization) of one segment share it. ReportStream gives the contact
+    made from one NK1's name the organization of another NK1. When no NK1 holds both NK1-2
+    and NK1-13, an expected contact holding a name and an organization is split in two."""
+    if ctx.message is None or any(
+        seg.raw(2) and seg.raw(13) for seg in ctx.message.segments("NK1")
+    ):
+        return False
+    changed = False
+    for patient in _resources(bundle):
+        contacts = patient.get("contact")
+        if patient.get("resourceType") != "Patient" or not isinstance(contacts, list):
+            continue
+        split = []
+        for contact in contacts:
+            if isinstance(contact, dict) and "name" in contact and "organization" in contact:
+                split.append({"organization": contact.pop("organization")})
+        contacts.extend(split)
+        changed = changed or bool(split)
+    return changed
+
+
+def placer_group_number_requisition(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG ORC[ServiceRequest] row ORC-4 (EI, v2.5): requisition.value with type PGN.
+    ReportStream puts it among ServiceRequest.identifier; it moves to requisition."""
+    if ctx.message is None:
+        return False
+    numbers = {seg.value(4, 1) for seg in ctx.message.segments("ORC") if seg.value(4, 1)}
+    changed = False
+    for request in _resources(bundle):
+        identifiers = request.get("identifier")
+        if request.get("resourceType") != "ServiceRequest" or not isinstance(identifiers, list):
+            continue
+        for ident in list(identifiers):
+            codes = [c.get("code") for c in ident.get("type", {}).get("coding", []) if isinstance(c, dict)]
+            if codes == ["PGN"] and ident.get("value") in numbers and "requisition" not in request:
+                identifiers.remove(ident)
+                request["requisition"] = ident
+                changed = True
+    return changed
+
+
+def collector_comment_full_field(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG OBR[Specimen] row OBR-39 → note via CWE[Annotation], whose text is the "full field
+    (including delimiters)". ReportStream joins the components with ", "; the note is
+    compared in the IG's form (the field's text with its component separators)."""
+    if ctx.message is None:
+        return False
+    joined = {
+        ", ".join(c for c in rep.components() if c): rep.text()
+        for seg in ctx.message.segments("OBR")
+        for rep in seg.field(39)
+        if rep.text()
+    }
+    changed = False
+    for specimen in _resources(bundle):
+        if specimen.get("resourceType") != "Specimen":
+            continue
+        for note in specimen.get("note", []):
+            text = note.get("text") if isinstance(note, dict) else None
+            if isinstance(text, str) and text in joined and joined[text] != text:
+                note["text"] = joined[text]
+                changed = True
+    return changed
+
+
+def software_vendor_with_identifier(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG SFT[Device] row SFT-1: manufacturer (XON[string]) only "IF XON.1 IS VALUED AND XON.10
+    NOT VALUED"; with XON.10 the IG waits for R6's Device.manufacturer Reference. ReportStream
+    writes XON.1 as manufacturer either way; that manufacturer goes."""
+    if ctx.message is None:
+        return False
+    vendors = {seg.value(1, 1) for seg in ctx.message.segments("SFT") if seg.value(1, 10)}
+    changed = False
+    for device in _resources(bundle):
+        if device.get("resourceType") == "Device" and device.get("manufacturer") in vendors:
+            del device["manufacturer"]
+            changed = True
+    return changed
+
+
+def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG XCN[Practitioner] row XCN.1 → identifier.value (with XCN.9 the authority): XCNs with
+    one identifier but different names (NTE-5 authors, OBR-16) name one practitioner for the
+    identifier; ReportStream makes a Practitioner per XCN, ours is one conditional entry
+    holding every name (a transaction may not hold two entries for one conditional URL)."""
+    return _merge_same_identity(bundle, "Practitioner", with_system=True)
 
 
 def visit_protection_not_yes_no(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -857,6 +977,35 @@ def _without_references(node: Any) -> Any:
     return node
 
 
+def mother_one_related_person(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PID[Patient] row PID-21 → CX[RelatedPerson-Mother]: a RelatedPerson whose patient is
+    the Patient and whose relationship is MTH; the IG gives Patient no `link` for it. The
+    repetitions of PID-21 are identifiers of one mother, so ours is one RelatedPerson holding
+    them all. ReportStream makes one RelatedPerson per repetition, each linked from
+    Patient.link `seealso` (which means "the same person"). The links go and the linked
+    RelatedPersons are merged into one holding every identifier."""
+    if not ctx.valued("PID", 21):
+        return False
+    by_ref = {f"RelatedPerson/{r.get('id')}": r for r in _resources(bundle) if r.get("resourceType") == "RelatedPerson"}
+    mothers: list[dict[str, Any]] = []
+    for patient in _resources(bundle):
+        links = patient.get("link")
+        if patient.get("resourceType") != "Patient" or not isinstance(links, list):
+            continue
+        kept = []
+        for link in links:
+            target = by_ref.get(str(link.get("other", {}).get("reference"))) if isinstance(link, dict) else None
+            if target is not None and link.get("type") == "seealso":
+                mothers.append(target)
+            else:
+                kept.append(link)
+        patient["link"] = kept
+    if not mothers:
+        return False
+    mothers[0]["identifier"] = [i for m in mothers for i in m.get("identifier", [])]
+    return _drop(bundle, mothers[1:]) or True
+
+
 def duplicate_resources(bundle: dict[str, Any], ctx: _Context) -> bool:
     """One XCN/XON sent twice gives ReportStream two identical resources; our Bundle merges
     entries with the same conditional identity into one (a transaction may not hold two
@@ -907,6 +1056,13 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("source-endpoint-from-msh24", source_endpoint_from_msh24),
     ("source-name-separator", source_name_separator),
     ("receiving-organization-over-facility", receiving_organization_over_facility),
+    ("mother-one-related-person", mother_one_related_person),
+    ("same-identifier-related-persons", same_identifier_related_persons),
+    ("one-contact-per-nk1", one_contact_per_nk1),
+    ("placer-group-number-requisition", placer_group_number_requisition),
+    ("collector-comment-full-field", collector_comment_full_field),
+    ("software-vendor-with-identifier", software_vendor_with_identifier),
+    ("same-identifier-practitioners", same_identifier_practitioners),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
 

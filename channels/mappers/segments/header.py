@@ -34,6 +34,7 @@ from channels.mappers.datatypes import (
     xon_to_organization,
 )
 from channels.mappers.messages import MappingContext, segment_mapper
+from channels.mappers.segments.software import PROVENANCE_SOURCE
 from channels.mappers.v2 import Segment
 from channels.mappers.vocab import v2_table_system
 from engine.types import MappingError
@@ -222,6 +223,7 @@ def msh_to_message_header(msh: Segment, ctx: MappingContext) -> None:
         }
         put_datetime(provenance, "occurredDateTime", msh.value(7), s)
         provenance_url = ctx.add(provenance, msh, "Provenance-source")
+        ctx.extra[PROVENANCE_SOURCE] = provenance_url  # SFT adds its Device as an entity (software.py)
 
         def fill_targets() -> None:
             targets = [ctx.bundle.reference(e) for e in ctx.bundle.full_urls() if e != provenance_url]

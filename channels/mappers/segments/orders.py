@@ -50,7 +50,7 @@ from typing import Any
 from channels.mappers import datatypes as dt
 from channels.mappers.bundle import register_r5_adapter
 from channels.mappers.messages import MappingContext, segment_mapper
-from channels.mappers.segments.encounter import pl_to_location, practitioner_reference
+from channels.mappers.segments.encounter import component_as_repetition, pl_to_location, practitioner_reference
 from channels.mappers.v2 import Repetition, Segment
 from channels.mappers.vocab import v2_table_system
 
@@ -145,27 +145,42 @@ def _append_ref(resource: dict[str, Any] | None, element: str, url: str, ctx: Ma
         refs.append(ref)
 
 
-def _xcn_organization_actor(
-    seg: Segment, ctx: MappingContext, xcn_field: int, xon_field: int | None, kind: str
-) -> dict[str, Any] | None:
-    """A Practitioner (XCN), an Organization (XON) or both as a PractitionerRole: its Reference."""
-    practitioner = (
-        practitioner_reference(seg.rep(xcn_field), seg, ctx, f"Practitioner-{xcn_field}")
-        if seg.field(xcn_field)
-        else None
-    )
+def _addresses(seg: Segment, number: int, ctx: MappingContext) -> list[dict[str, Any]]:
+    """Every repetition of an XAD field as FHIR Addresses (IG XAD[Address])."""
+    found = (dt.xad_to_address(rep, ctx.settings) for rep in seg.field(number))
+    return [address for address in found if address is not None]
+
+
+def _contact_points(seg: Segment, number: int, ctx: MappingContext) -> list[dict[str, Any]]:
+    """Every repetition of an XTN field as FHIR ContactPoints (IG XTN[ContactPoint])."""
+    found = (dt.xtn_to_contact_point(rep, ctx.settings) for rep in seg.field(number))
+    return [point for point in found if point is not None]
+
+
+def _orc_requester(orc: Segment, ctx: MappingContext) -> dict[str, Any] | None:
+    """IG ORC-12 / ORC-21..24 → ServiceRequest.requester: the ordering provider (XCN, with
+    ORC-24 as Practitioner.address), the ordering facility (XON, with ORC-22 as address and
+    ORC-23 as telecom) or both joined by a PractitionerRole. ORC-22..24 without the resource
+    they describe stay unmapped (an Organization needs a name or an identifier, org-1)."""
+    practitioner = None
+    if orc.field(12):
+        doctor = dt.xcn_to_practitioner(orc.rep(12), ctx.settings)
+        if doctor is not None:
+            if addresses := _addresses(orc, 24, ctx):
+                doctor["address"] = addresses
+            practitioner = ctx.bundle.reference(ctx.add(doctor, orc, "Practitioner-12"))
     organization = None
-    if xon_field is not None and seg.field(xon_field):
-        org = dt.xon_to_organization(seg.rep(xon_field), ctx.settings)
+    if orc.field(21):
+        org = dt.xon_to_organization(orc.rep(21), ctx.settings)
         if org is not None:
-            organization = ctx.bundle.reference(ctx.add(org, seg, f"Organization-{xon_field}"))
+            if addresses := _addresses(orc, 22, ctx):
+                org["address"] = addresses
+            if telecom := _contact_points(orc, 23, ctx):
+                org["telecom"] = telecom
+            organization = ctx.bundle.reference(ctx.add(org, orc, "Organization-21"))
     if practitioner and organization:
-        role = {
-            "resourceType": "PractitionerRole",
-            "practitioner": practitioner,
-            "organization": organization,
-        }
-        return ctx.bundle.reference(ctx.add(role, seg, kind))
+        role = {"resourceType": "PractitionerRole", "practitioner": practitioner, "organization": organization}
+        return ctx.bundle.reference(ctx.add(role, orc, "PractitionerRole-12"))
     return practitioner or organization
 
 
@@ -236,7 +251,7 @@ def _apply_orc(orc: Segment, ctx: MappingContext, request: dict[str, Any]) -> No
             _add_identifier(request, _typed_identifier(alternate, "PLAC"))
     _add_identifier(request, _ei(orc, 38, ctx, "FGN"))  # IG ORC-38
     _put_dt(request, "authoredOn", orc, 9, ctx)  # IG ORC-9
-    requester = _xcn_organization_actor(orc, ctx, 12, 21, "PractitionerRole-12")  # IG ORC-12 / ORC-21
+    requester = _orc_requester(orc, ctx)  # IG ORC-12 / ORC-21..24
     if requester is not None:
         request["requester"] = requester
     if orc.field(14):  # IG ORC-14 → order callback phone extension
@@ -535,14 +550,48 @@ def _obr_specimen(obr: Segment, ctx: MappingContext) -> str:
         collector = practitioner_reference(obr.rep(10), obr, ctx, "Practitioner-10")
         if collector is not None:
             collection["collector"] = collector
+    notes: list[dict[str, Any]] = []
+    if obr.field(15):
+        _specimen_source(obr, ctx, specimen, collection, notes)
     if collection:
         specimen["collection"] = collection
     # IG OBR-39 (collector's comment) → note; CWE[Annotation]: the text is the whole field
     # "including delimiters", so nothing of a comment split into components is lost
-    notes = [{"text": rep.text()} for rep in obr.field(39) if rep.text()]
+    notes += [{"text": rep.text()} for rep in obr.field(39) if rep.text()]
     if notes:
         specimen["note"] = notes
     return ctx.add(specimen, obr, "Specimen")
+
+
+def _specimen_source(
+    obr: Segment, ctx: MappingContext, specimen: dict[str, Any], collection: dict[str, Any], notes: list[dict[str, Any]]
+) -> None:
+    """IG OBR[Specimen] row OBR-15 (SPS, v2.5; withdrawn in v2.7) → SPS[Specimen-Source]:
+    SPS.1 → type, SPS.2 → container.additiveCodeableConcept, SPS.3 → note, SPS.4 →
+    collection.bodySite, SPS.6 → condition. SPS.5 and SPS.7 have no IG target. Each coded
+    component is a CWE held in subcomponents."""
+    rep = obr.rep(15)
+
+    def concept(component: int, concept_map: str, table: str) -> dict[str, Any] | None:
+        if not rep.component_raw(component):
+            return None
+        coded = component_as_repetition(obr, rep, component)
+        return dt.cwe_to_codeable_concept(coded, ctx.settings, concept_map, table)
+
+    kind = concept(1, "SpecimenType", "0487")
+    if kind is not None:
+        specimen["type"] = kind
+    additive = concept(2, "AdditivePreservative", "0371")
+    if additive is not None:
+        specimen["container"] = [{"additiveCodeableConcept": additive}]
+    if rep.component(3):
+        notes.append({"text": rep.component(3)})
+    site = concept(4, "BodySite", "0163")
+    if site is not None:
+        collection["bodySite"] = site
+    condition = concept(6, "SpecimenCondition", "0493")
+    if condition is not None:
+        specimen["condition"] = [condition]
 
 
 # ---------------------------------------------------------------- OBX
