@@ -808,9 +808,7 @@ def one_contact_per_nk1(bundle: dict[str, Any], ctx: _Context) -> bool:
     NK1-13 (contact.organization) of one segment share it. ReportStream gives the contact
     made from one NK1's name the organization of another NK1. When no NK1 holds both NK1-2
     and NK1-13, an expected contact holding a name and an organization is split in two."""
-    if ctx.message is None or any(
-        seg.raw(2) and seg.raw(13) for seg in ctx.message.segments("NK1")
-    ):
+    if ctx.message is None or any(seg.raw(2) and seg.raw(13) for seg in ctx.message.segments("NK1")):
         return False
     changed = False
     for patient in _resources(bundle):
@@ -890,7 +888,32 @@ def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool
     one identifier but different names (NTE-5 authors, OBR-16) name one practitioner for the
     identifier; ReportStream makes a Practitioner per XCN, ours is one conditional entry
     holding every name (a transaction may not hold two entries for one conditional URL)."""
+    if not ctx.valued("NTE", 5):
+        return False
     return _merge_same_identity(bundle, "Practitioner", with_system=True)
+
+
+def service_request_without_patient(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """FHIR R4 ServiceRequest.subject is 1..1 and the IG's subject is PID's Patient (OBR
+    [ServiceRequest] in ORU_R01: ServiceRequest.subject = Patient[1]). A message without PID
+    gives ReportStream a ServiceRequest without subject; ours has none (servers reject it),
+    and the DiagnosticReport keeps no basedOn to it."""
+    if ctx.message is None or ctx.message.segments("PID"):
+        return False
+    doomed = [r for r in _resources(bundle) if r.get("resourceType") == "ServiceRequest" and "subject" not in r]
+    if not doomed:
+        return False
+    # Without a Patient no ServiceRequest is made at all, so every basedOn to one goes (one
+    # expected file points at a ServiceRequest id it does not hold).
+    for resource in _resources(bundle):
+        based_on = resource.get("basedOn")
+        if isinstance(based_on, list):
+            resource["basedOn"] = [
+                b
+                for b in based_on
+                if not (isinstance(b, dict) and str(b.get("reference")).startswith("ServiceRequest/"))
+            ]
+    return _drop(bundle, doomed)
 
 
 def visit_protection_not_yes_no(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -1063,6 +1086,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("collector-comment-full-field", collector_comment_full_field),
     ("software-vendor-with-identifier", software_vendor_with_identifier),
     ("same-identifier-practitioners", same_identifier_practitioners),
+    ("service-request-without-patient", service_request_without_patient),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
 

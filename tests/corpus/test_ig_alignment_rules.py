@@ -36,3 +36,51 @@ class TestTimeRules:
             "2023-05-01T10:25:31Z",
             [],
         )
+
+
+def _align(resources: list[dict[str, Any]], *segments: str) -> tuple[list[dict[str, Any]], list[str]]:
+    aligned, rules = ig_alignment.align_cdc(
+        {"entry": [{"resource": r} for r in resources]}, "\r".join((_MSH, *segments))
+    )
+    return [e["resource"] for e in aligned["entry"]], rules
+
+
+class TestRowRules:
+    def test_pid21_mothers_merged_and_unlinked(self) -> None:
+        """PID-21 repetitions linked seealso from Patient become one mother RelatedPerson, no link."""
+        patient = {
+            "resourceType": "Patient",
+            "id": "p",
+            "link": [{"other": {"reference": f"RelatedPerson/{n}"}, "type": "seealso"} for n in ("a", "b")],
+        }
+        mothers = [{"resourceType": "RelatedPerson", "id": n, "identifier": [{"value": n}]} for n in ("a", "b")]
+        resources, rules = _align([patient, *mothers], "PID|1||X" + "|" * 18 + "A~B")
+        assert rules == ["mother-one-related-person"]
+        assert resources == [
+            {"resourceType": "Patient", "id": "p"},
+            {"resourceType": "RelatedPerson", "id": "a", "identifier": [{"value": "a"}, {"value": "b"}]},
+        ]
+
+    def test_pid21_rule_needs_pid21(self) -> None:
+        """Without PID-21 a Patient.link is left as ReportStream wrote it."""
+        link = [{"other": {"reference": "RelatedPerson/a"}, "type": "seealso"}]
+        resources, rules = _align(
+            [{"resourceType": "Patient", "id": "p", "link": link}, {"resourceType": "RelatedPerson", "id": "a"}],
+            "PID|1||X",
+        )
+        assert rules == [] and resources[0]["link"] == link
+
+    def test_orc4_moves_to_requisition(self) -> None:
+        """An identifier typed PGN holding ORC-4.1 becomes ServiceRequest.requisition."""
+        pgn = {"type": {"coding": [{"code": "PGN"}]}, "value": "G1"}
+        request = {"resourceType": "ServiceRequest", "identifier": [{"value": "P1"}, pgn]}
+        resources, rules = _align([request], "PID|1", "ORC|NW|P1||G1^NS")
+        assert rules == ["placer-group-number-requisition"]
+        assert resources == [{"resourceType": "ServiceRequest", "identifier": [{"value": "P1"}], "requisition": pgn}]
+
+    def test_collector_comment_compared_as_the_full_field(self) -> None:
+        """OBR-39 "4438, Comment" (ReportStream) is compared as the field text "4438^Comment"."""
+        specimen = {"resourceType": "Specimen", "note": [{"text": "4438, Comment"}, {"text": "other"}]}
+        resources, rules = _align([specimen], "OBR|1" + "|" * 38 + "4438^Comment")
+        assert rules == ["collector-comment-full-field"]
+        assert resources[0]["note"] == [{"text": "4438^Comment"}, {"text": "other"}]

@@ -45,7 +45,8 @@ def _device(sft: Segment, ctx: MappingContext) -> dict[str, Any] | None:
     installed: dict[str, Any] = {}
     if sft.value(6) and put_datetime(installed, "valueDateTime", sft.value(6), ctx.settings):
         if version:  # R4 Device.version.value is 1..1: an install date alone has nowhere to go
-            version["extension"] = [{"url": _INSTALL_DATE, **installed}]
+            # only the value: an extension's value cannot carry the original-text extension
+            version["extension"] = [{"url": _INSTALL_DATE, "valueDateTime": installed["valueDateTime"]}]
     elif sft.value(6):
         ctx.reject(sft, 6)
     if version:
@@ -55,7 +56,7 @@ def _device(sft: Segment, ctx: MappingContext) -> dict[str, Any] | None:
     return device if len(device) > 1 else None
 
 
-@segment_mapper("SFT", summary="SFT → Device, MessageHeader.source.software/version (IG SFT[Device], SFT[MessageHeader])")
+@segment_mapper("SFT", summary="SFT → Device, MessageHeader.source (IG SFT[Device], SFT[MessageHeader])")
 def sft_to_device(sft: Segment, ctx: MappingContext) -> None:
     """IG SFT[Device] (+ Provenance-source entity) and, for the first SFT, SFT[MessageHeader]."""
     header_url = ctx.current.get("MessageHeader")
