@@ -25,7 +25,8 @@ from typing import Any
 
 from channels.mappers.datatypes import hd_of
 from channels.mappers.segments.header import hd_to_endpoint
-from channels.mappers.v2 import V2Message, parse_message
+from channels.mappers.segments.participation import is_udi_form
+from channels.mappers.v2 import Segment, V2Message, parse_message
 from engine.types import MappingError
 
 SD = "http://hl7.org/fhir/StructureDefinition/"
@@ -234,16 +235,22 @@ def telecom_use_default(bundle: dict[str, Any], ctx: _Context) -> bool:
 _V2_TIMESTAMP = re.compile(r"(?<!\d)(\d{8})(\d{2})?(\d{2})?(\d{2})?(?:\.\d+)?([+-]\d{4})?(?!\d)")
 
 
-def _v2_offsets(match: re.Match[str], text: str) -> set[str]:
-    """The offsets of the v2 timestamps in `text` that name the instant of a `_UTC_TIME`
-    match (the v2 value may stop at the hour or minute where the FHIR value has zeros)."""
+def _v2_zone_forms(match: re.Match[str], text: str) -> set[str]:
+    """The offsets ("" for none) of the v2 timestamps in `text` whose digits are those of a
+    `_UTC_TIME` match (the v2 value may stop at the hour or minute where the FHIR value has
+    zeros)."""
     wanted = "".join(match.groups()[:3]) + "".join(g or "00" for g in match.groups()[3:6])
     found = set()
     for stamp in _V2_TIMESTAMP.finditer(text):
         digits = stamp.group(1) + "".join(g or "00" for g in stamp.groups()[1:4])
         if digits == wanted:
             found.add(stamp.group(5) or "")
-    return found - {""}
+    return found
+
+
+def _v2_offsets(match: re.Match[str], text: str) -> set[str]:
+    """The offsets of the v2 timestamps in `text` that name the instant of a `_UTC_TIME` match."""
+    return _v2_zone_forms(match, text) - {""}
 
 
 def utc_offset_form(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -272,8 +279,12 @@ def zoneless_time_as_utc(bundle: dict[str, Any], ctx: _Context) -> bool:
             match = _UTC_TIME.match(value)
             if match is None:
                 continue
-            if _v2_offsets(match, ctx.text):
-                continue  # the message carries an offset: a real instant, compared as is
+            forms = _v2_zone_forms(match, ctx.text)
+            if forms & {"+0000", "-0000"} or (forms and "" not in forms):
+                # A zero offset makes "…Z" a real instant, compared as is. ReportStream keeps
+                # any other offset ("-05:00"), so "…Z" comes from a zoneless stamp with these
+                # digits when there is one (OBR-7 zoneless beside OBX-14 with -0500).
+                continue
             if key in _INSTANTS:
                 del node[key]  # an instant needs the zone the message does not give: none is made
             else:
@@ -883,6 +894,61 @@ def software_vendor_with_identifier(bundle: dict[str, Any], ctx: _Context) -> bo
     return changed
 
 
+def _observation_prts(message: V2Message | None) -> list[Segment]:
+    """PRT segments of an observation group (after an OBX, NTE/PRT between them)."""
+    if message is None:
+        return []
+    found = []
+    for prt in message.segments("PRT"):
+        for position in range(prt.position - 1, -1, -1):
+            previous = message.segment_list[position].id
+            if previous not in ("PRT", "NTE"):
+                if previous == "OBX":
+                    found.append(prt)
+                break
+    return found
+
+
+def device_identifier_not_udi(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PRT[Device] row PRT-10: udiCarrier only "If it represents a HRF or AIDC", else
+    identifier (EI[Identifier-Extension]). ReportStream puts every PRT-10 in udiCarrier; one
+    that is not a UDI form (GS1 "(01)", HIBCC "+", ICCBBA "=") is compared as an identifier."""
+    plain = {
+        rep.component(1)
+        for prt in _observation_prts(ctx.message)
+        for rep in prt.field(10)
+        if rep.component(1) and not is_udi_form(rep.component(1))
+    }
+    changed = False
+    for device in _resources(bundle):
+        if device.get("resourceType") != "Device" or not plain:
+            continue
+        carriers = device.get("udiCarrier", [])
+        moved = [c for c in carriers if isinstance(c, dict) and c.get("deviceIdentifier") in plain]
+        for carrier in moved:
+            carriers.remove(carrier)
+            device.setdefault("identifier", []).append({"value": carrier["deviceIdentifier"]})
+            changed = True
+    return changed
+
+
+def observation_participant_practitioner(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG ORU_R01/OML_O21 row OBSERVATION.PRT "IF PRT-5 VALUED" → PRT[PractitionerRole], whose
+    PRT-5 is XCN[Practitioner]. ReportStream makes a RelatedPerson of PRT-5; compared as the
+    Practitioner the IG gives (same identifier and name elements)."""
+    people = {(rep.component(1), rep.component(2)) for prt in _observation_prts(ctx.message) for rep in prt.field(5)}
+    changed = False
+    for resource in _resources(bundle):
+        if resource.get("resourceType") != "RelatedPerson":
+            continue
+        values = {i.get("value") for i in resource.get("identifier", []) if isinstance(i, dict)}
+        families = {n.get("family") for n in resource.get("name", []) if isinstance(n, dict)}
+        if any(value in values and family in families for value, family in people):
+            resource["resourceType"] = "Practitioner"
+            changed = True
+    return changed
+
+
 def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG XCN[Practitioner] row XCN.1 → identifier.value (with XCN.9 the authority): XCNs with
     one identifier but different names (NTE-5 authors, OBR-16) name one practitioner for the
@@ -1062,6 +1128,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("mothers-maiden-name-string", mothers_maiden_name_string),
     ("organization-without-name-or-identifier", organization_without_name_or_identifier),
     ("unreferenced-organizations", unreferenced_organizations),
+    ("observation-participant-practitioner", observation_participant_practitioner),
     ("duplicate-resources", duplicate_resources),
     ("same-identifier-organizations", same_identifier_organizations),
     ("telephone-number-is-a-phone", telephone_number_is_a_phone),
@@ -1087,6 +1154,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("software-vendor-with-identifier", software_vendor_with_identifier),
     ("same-identifier-practitioners", same_identifier_practitioners),
     ("service-request-without-patient", service_request_without_patient),
+    ("device-identifier-not-udi", device_identifier_not_udi),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
 

@@ -84,3 +84,29 @@ class TestRowRules:
         resources, rules = _align([specimen], "OBR|1" + "|" * 38 + "4438^Comment")
         assert rules == ["collector-comment-full-field"]
         assert resources[0]["note"] == [{"text": "4438^Comment"}, {"text": "other"}]
+
+
+class TestParticipationRules:
+    def test_zoneless_obr7_beside_offset_obx14(self) -> None:
+        """A "…Z" with the digits of a zoneless OBR-7 is a date even when OBX-14 has the same digits with -0500."""
+        value, rules = _aligned(
+            "2023-05-06T05:00:00Z",
+            "OBR|1|X||C^D^LN|||20230506050000\rOBX|1|ST|A^B^LN||x" + "|" * 9 + "20230506050000-0500",
+        )
+        assert (value, rules) == ("2023-05-06", ["zoneless-time-as-utc"])
+
+    def test_plain_prt10_compared_as_identifier(self) -> None:
+        """A PRT-10 value without UDI lead characters moves from udiCarrier to identifier; a UDI stays."""
+        device = {"resourceType": "Device", "udiCarrier": [{"deviceIdentifier": "D1"}, {"deviceIdentifier": "+H1"}]}
+        resources, rules = _align([device], "PID|1", "OBX|1", "PRT|1" + "|" * 9 + "D1~+H1")
+        assert rules == ["device-identifier-not-udi"]
+        assert resources[0]["udiCarrier"] == [{"deviceIdentifier": "+H1"}]
+        assert resources[0]["identifier"] == [{"value": "D1"}]
+
+    def test_prt5_related_person_compared_as_practitioner(self) -> None:
+        """An observation-group PRT-5 RelatedPerson is compared as a Practitioner; after PID it is left."""
+        person = {"resourceType": "RelatedPerson", "identifier": [{"value": "123"}], "name": [{"family": "SMITH"}]}
+        resources, rules = _align([dict(person)], "PID|1", "OBX|1", "PRT|1||||123^SMITH")
+        assert rules == ["observation-participant-practitioner"] and resources[0]["resourceType"] == "Practitioner"
+        resources, rules = _align([dict(person)], "PID|1", "PRT|1||||123^SMITH")
+        assert rules == [] and resources[0]["resourceType"] == "RelatedPerson"

@@ -15,6 +15,7 @@ from fhir.resources.R4B.bundle import Bundle as BundleR4B
 
 from channels.mappers.convert import convert_message
 from channels.mappers.options import MappingOptions
+from tests.unit.test_mappers_helpers import convert_both, resources, segment
 
 UCUM = "http://unitsofmeasure.org"
 
@@ -465,3 +466,21 @@ class TestSiuS12:
         practitioner = next(p for p in appointment["participant"] if p.get("period"))
         assert practitioner["period"]["end"] == "2024-02-01T09:30:00+01:00"
         _convert(text, "R5")
+
+
+class TestNdlLocations:
+    def test_ndl_point_of_care_levels_are_role_locations(self) -> None:
+        """OBR-32 NDL.4-11 → one Location per valued level (PL order), all listed on PractitionerRole.location."""
+        ndl = "123&SMITH&JO^20230401102531-0400^^POC^Room 1^Bed A^Hosp&2.16.1&ISO^^^Bldg^Floor 2"
+        text = "\r".join(
+            (
+                "MSH|^~\\&|LAB|FAC|EHR|FAC|20240102030405+0100||ORU^R01^ORU_R01|MSG1|P|2.5.1",
+                "PID|1||P1^^^H^MR",
+                segment("OBR", {1: "1", 2: "ORD1", 4: "1234-5^Test^LN", 32: ndl}),
+            )
+        )
+        bundle = convert_both(text)["R4B"].bundle
+        codes = sorted(loc["physicalType"]["coding"][0]["code"] for loc in resources(bundle, "Location"))
+        assert codes == ["bd", "bu", "lvl", "ro", "si", "wa"]
+        role = next(r for r in resources(bundle, "PractitionerRole") if "location" in r)
+        assert len(role["location"]) == 6

@@ -393,7 +393,7 @@ def _cnn_practitioner(rep: Repetition, seg: Segment, ctx: MappingContext, kind: 
 
 def _ndl_role(seg: Segment, number: int, ctx: MappingContext) -> dict[str, Any] | None:
     """IG NDL[PractitionerRole]: NDL.1 → practitioner (CNN[Practitioner]), NDL.2/NDL.3 →
-    period. The NDL.4-11 point-of-care locations are not mapped yet."""
+    period; NDL.4-11 → location (_ndl_locations)."""
     rep = seg.rep(number)
     practitioner = _cnn_practitioner(rep, seg, ctx, f"Practitioner-{number}")
     if practitioner is None:
@@ -405,7 +405,26 @@ def _ndl_role(seg: Segment, number: int, ctx: MappingContext) -> dict[str, Any] 
             dt.put_datetime(period, element, rep.component(component), ctx.settings)
     if period:
         role["period"] = period
+    locations = _ndl_locations(rep, seg, ctx, f"Location-{number}")
+    if locations:
+        role["location"] = [ctx.bundle.reference(url) for url in locations]
     return ctx.bundle.reference(ctx.add(role, seg, f"PractitionerRole-{number}"))
+
+
+def _ndl_locations(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str) -> list[str]:
+    """IG NDL[PractitionerRole] NDL.4-11 → location[1..6]: point of care, room, bed, facility,
+    status, type, building and floor are PL.1-8 in the same order, so they are read as a PL
+    (IG PL[Location]: one Location per level, each partOf the next); every level is listed."""
+    delims = seg.delims
+    pl = Repetition(delims.component.join(rep.component_raw(c) for c in range(4, 12)), delims)
+    url = pl_to_location(pl, seg, ctx, kind)
+    urls: list[str] = []
+    while url is not None and url not in urls:
+        urls.append(url)
+        resource = ctx.bundle.resource(url)
+        parent = resource.get("partOf", {}).get("reference") if resource is not None else None
+        url = parent if isinstance(parent, str) else None
+    return urls
 
 
 def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, request_url: str | None) -> str:
