@@ -648,7 +648,10 @@ def unreferenced_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
     assigner.display carry it (datatypes.py), so an Organization referenced only as an
     identifier's assigner is not required either (the assigner element itself still is).
     A Location referenced only through the partOf chain of such a Location (the PL of ORC-13,
-    whose IG row has no target) goes with it: references from dropped resources do not count."""
+    whose IG row has no target) goes with it: references from dropped resources do not count.
+    So does a PractitionerRole of a field whose IG row has no target (OBR-33 assistant result
+    interpreter, NDL), with the Practitioner and Locations only it references; ours are always
+    referenced from the element their IG row names."""
     doomed: list[dict[str, Any]] = []
     while True:
         doomed_ids = {id(r) for r in doomed}
@@ -657,7 +660,7 @@ def unreferenced_organizations(bundle: dict[str, Any], ctx: _Context) -> bool:
         more = [
             r
             for r in live
-            if r.get("resourceType") in ("Organization", "Location", "Practitioner")
+            if r.get("resourceType") in ("Organization", "Location", "Practitioner", "PractitionerRole")
             and f"{r.get('resourceType')}/{r.get('id')}" not in referenced
         ]
         if not more:
@@ -775,9 +778,12 @@ def same_identifier_organizations(bundle: dict[str, Any], ctx: _Context) -> bool
     return _merge_same_identity(bundle, "Organization")
 
 
-def _merge_same_identity(bundle: dict[str, Any], resource_type: str, with_system: bool = False) -> bool:
+def _merge_same_identity(
+    bundle: dict[str, Any], resource_type: str, with_system: bool = False, values: frozenset[str] | None = None
+) -> bool:
     """Merge the expected resources of one type that share an identifier, as bundle.py merges
-    entries with one conditional URL (first value wins, lists gain items, references move)."""
+    entries with one conditional URL (first value wins, lists gain items, references move);
+    with `values`, only identifiers holding one of those values count."""
     kept: list[dict[str, Any]] = []
     doomed: list[dict[str, Any]] = []
     moved: dict[str, str] = {}
@@ -785,6 +791,8 @@ def _merge_same_identity(bundle: dict[str, Any], resource_type: str, with_system
         if resource.get("resourceType") != resource_type:
             continue
         keys = _identity_keys(resource, with_system)
+        if values is not None:
+            keys = {key for key in keys if key[0] in values}
         first = next((k for k in kept if keys and _identity_keys(k, with_system) & keys), None)
         if first is None:
             kept.append(resource)
@@ -954,9 +962,50 @@ def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool
     one identifier but different names (NTE-5 authors, OBR-16) name one practitioner for the
     identifier; ReportStream makes a Practitioner per XCN, ours is one conditional entry
     holding every name (a transaction may not hold two entries for one conditional URL)."""
-    if not ctx.valued("NTE", 5):
+    if ctx.valued("NTE", 5):
+        return _merge_same_identity(bundle, "Practitioner", with_system=True)
+    # OBR-32…35 (NDL; IG NDL[PractitionerRole] NDL.1 → CNN[Practitioner], CNN.1 → identifier):
+    # the people of these fields sharing a CNN.1 identifier are one practitioner too.
+    ndl_ids = frozenset(
+        rep.subcomponents(1)[0]
+        for seg in (ctx.message.segments("OBR") if ctx.message is not None else [])
+        for number in (32, 33, 34, 35)
+        for rep in seg.all_repetitions(number)
+        if rep.subcomponents(1) and rep.subcomponents(1)[0]
+    )
+    if not ndl_ids:
         return False
-    return _merge_same_identity(bundle, "Practitioner", with_system=True)
+    return _merge_same_identity(bundle, "Practitioner", with_system=True, values=ndl_ids)
+
+
+_PERFORMER_FUNCTION = "http://hl7.org/fhir/StructureDefinition/event-performerFunction"
+
+
+def performer_function_on_reference(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG OBR[DiagnosticReport] rows OBR-34 / OBR-35: `performer[n].extension[1]` is the
+    event-performerFunction (SPRF, TRANS), i.e. on the performer Reference (the extension's
+    context is the performer element). ReportStream puts it on the PractitionerRole resource;
+    it moves to every performer Reference to that PractitionerRole."""
+    if not any(ctx.valued("OBR", n) for n in (34, 35)):
+        return False
+    changed = False
+    resources = list(_resources(bundle))
+    for role in resources:
+        extensions = role.get("extension")
+        if role.get("resourceType") != "PractitionerRole" or not isinstance(extensions, list):
+            continue
+        functions = [x for x in extensions if isinstance(x, dict) and x.get("url") == _PERFORMER_FUNCTION]
+        if not functions:
+            continue
+        target = f"PractitionerRole/{role.get('id')}"
+        reports = [r for r in resources if r.get("resourceType") == "DiagnosticReport"]
+        for performer in (p for report in reports for p in report.get("performer", [])):
+            if isinstance(performer, dict) and performer.get("reference") == target:
+                moved = performer.setdefault("extension", [])
+                moved.extend(f for f in functions if f not in moved)
+        role["extension"] = [x for x in extensions if x not in functions]
+        changed = True
+    return changed
 
 
 def service_request_without_patient(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -1153,6 +1202,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("collector-comment-full-field", collector_comment_full_field),
     ("software-vendor-with-identifier", software_vendor_with_identifier),
     ("same-identifier-practitioners", same_identifier_practitioners),
+    ("performer-function-on-reference", performer_function_on_reference),
     ("service-request-without-patient", service_request_without_patient),
     ("device-identifier-not-udi", device_identifier_not_udi),
 )

@@ -110,3 +110,35 @@ class TestParticipationRules:
         assert rules == ["observation-participant-practitioner"] and resources[0]["resourceType"] == "Practitioner"
         resources, rules = _align([dict(person)], "PID|1", "PRT|1||||123^SMITH")
         assert rules == [] and resources[0]["resourceType"] == "RelatedPerson"
+
+
+class TestPractitionerRoleRules:
+    def test_performer_function_moves_to_the_reference(self) -> None:
+        """An OBR-34 event-performerFunction on a PractitionerRole moves onto the performer Reference."""
+        function = {"url": ig_alignment.SD + "event-performerFunction", "valueCodeableConcept": {"text": "SPRF"}}
+        role = {"resourceType": "PractitionerRole", "id": "r", "extension": [function]}
+        report = {"resourceType": "DiagnosticReport", "performer": [{"reference": "PractitionerRole/r"}]}
+        resources, rules = _align([report, role], "PID|1", "OBR|1" + "|" * 33 + "1&TECH")
+        assert "performer-function-on-reference" in rules
+        assert resources[0]["performer"] == [{"reference": "PractitionerRole/r", "extension": [function]}]
+        assert "extension" not in resources[1]
+
+    def test_ndl_practitioners_merged_only_on_ndl_identifiers(self) -> None:
+        """Practitioners sharing an OBR-33 CNN.1 identifier merge; others sharing a different identifier stay apart."""
+
+        def person(pid: str, value: str, family: str) -> dict[str, Any]:
+            name = [{"family": family}]
+            return {"resourceType": "Practitioner", "id": pid, "identifier": [{"value": value}], "name": name}
+
+        role = {"resourceType": "PractitionerRole", "id": "r", "practitioner": {"reference": "Practitioner/b"}}
+        report = {
+            "resourceType": "DiagnosticReport",
+            "resultsInterpreter": [{"reference": "PractitionerRole/r"}],
+            "performer": [{"reference": f"Practitioner/{p}"} for p in "acd"],
+        }
+        people = [person("a", "123", "A"), person("b", "123", "B"), person("c", "1", "C"), person("d", "1", "D")]
+        resources, rules = _align([report, role, *people], "PID|1", "OBR|1" + "|" * 31 + "123&A~123&B")
+        assert "same-identifier-practitioners" in rules
+        families = [[n["family"] for n in r["name"]] for r in resources if r["resourceType"] == "Practitioner"]
+        assert families == [["A", "B"], ["C"], ["D"]]
+        assert resources[1]["practitioner"] == {"reference": "Practitioner/a"}

@@ -484,3 +484,38 @@ class TestNdlLocations:
         assert codes == ["bd", "bu", "lvl", "ro", "si", "wa"]
         role = next(r for r in resources(bundle, "PractitionerRole") if "location" in r)
         assert len(role["location"]) == 6
+
+    def test_ndl_location_status_on_every_level(self) -> None:
+        """NDL.8 (location status) → status of every valued Location level (IG NDL.8 rows "IF PL.n VALUED")."""
+        ndl = "123&SMITH&JO^^^POC^Room 1^Bed A^Hosp^active^^Bldg^Floor 2"
+        text = "\r".join(
+            (
+                "MSH|^~\\&|LAB|FAC|EHR|FAC|20240102030405+0100||ORU^R01^ORU_R01|MSG1|P|2.5.1",
+                "PID|1||P1^^^H^MR",
+                segment("OBR", {1: "1", 2: "ORD1", 4: "1234-5^Test^LN", 32: ndl}),
+            )
+        )
+        locations = resources(convert_both(text)["R4B"].bundle, "Location")
+        assert len(locations) == 6
+        assert [loc.get("status") for loc in locations] == ["active"] * 6
+
+    def test_technician_and_transcriptionist_repetitions_are_practitioner_roles(self) -> None:
+        """OBR-34/35: a PractitionerRole per repetition (NDL[PractitionerRole]), function on the performer Reference."""
+        technicians = "1&TECH&ONE^20230401102531-0400~2&TECH&TWO"
+        text = "\r".join(
+            (
+                "MSH|^~\\&|LAB|FAC|EHR|FAC|20240102030405+0100||ORU^R01^ORU_R01|MSG1|P|2.5.1",
+                "PID|1||P1^^^H^MR",
+                segment("OBR", {1: "1", 2: "ORD1", 4: "1234-5^Test^LN", 25: "F", 34: technicians, 35: "3&TYPE&TIM"}),
+            )
+        )
+        bundle = convert_both(text)["R4B"].bundle
+        (report,) = resources(bundle, "DiagnosticReport")
+        targets = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+        performers = [(targets[p["reference"]], p["extension"][0]) for p in report["performer"]]
+        assert [role["resourceType"] for role, _ in performers] == ["PractitionerRole"] * 3
+        functions = [ext["valueCodeableConcept"]["coding"][0]["code"] for _, ext in performers]
+        assert functions == ["SPRF", "SPRF", "TRANS"]
+        assert performers[0][0]["period"]["start"] == "2023-04-01T10:25:31-04:00"
+        names = [targets[role["practitioner"]["reference"]]["name"][0]["family"] for role, _ in performers]
+        assert names == ["TECH", "TECH", "TYPE"]

@@ -73,7 +73,7 @@ _PARTICIPANTS: tuple[tuple[int, str, str, bool], ...] = (
 )
 
 _TERMINAL_EVENT_STATUS = frozenset({"finished", "cancelled"})
-_LOCATION_STATUS = frozenset({"active", "suspended", "inactive"})
+LOCATION_STATUS = frozenset({"active", "suspended", "inactive"})
 
 # IG PL[Location]: PL components from most to least granular, with their physical type.
 # PL.1 (point of care) has no resolved code in the IG ("extension??-poc"); "wa" (ward)
@@ -129,7 +129,7 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
         }
         if position == 0:
             status = rep.component(5).lower()
-            if status in _LOCATION_STATUS:
+            if status in LOCATION_STATUS:
                 location["status"] = status
             description = rep.component(9)
             if description:

@@ -50,7 +50,12 @@ from typing import Any
 from channels.mappers import datatypes as dt
 from channels.mappers.bundle import register_r5_adapter
 from channels.mappers.messages import MappingContext, segment_mapper
-from channels.mappers.segments.encounter import component_as_repetition, pl_to_location, practitioner_reference
+from channels.mappers.segments.encounter import (
+    LOCATION_STATUS,
+    component_as_repetition,
+    pl_to_location,
+    practitioner_reference,
+)
 from channels.mappers.v2 import Repetition, Segment
 from channels.mappers.vocab import v2_table_system
 
@@ -391,11 +396,12 @@ def _cnn_practitioner(rep: Repetition, seg: Segment, ctx: MappingContext, kind: 
     return ctx.bundle.reference(ctx.add(practitioner, seg, kind))
 
 
-def _ndl_role(seg: Segment, number: int, ctx: MappingContext) -> dict[str, Any] | None:
-    """IG NDL[PractitionerRole]: NDL.1 → practitioner (CNN[Practitioner]), NDL.2/NDL.3 →
-    period; NDL.4-11 → location (_ndl_locations)."""
-    rep = seg.rep(number)
-    practitioner = _cnn_practitioner(rep, seg, ctx, f"Practitioner-{number}")
+def _ndl_role(seg: Segment, number: int, ctx: MappingContext, index: int = 1) -> dict[str, Any] | None:
+    """IG NDL[PractitionerRole] of repetition `index` of field `number`: NDL.1 → practitioner
+    (CNN[Practitioner]), NDL.2/NDL.3 → period; NDL.4-11 → location (_ndl_locations)."""
+    rep = seg.rep(number, index)
+    suffix = f"{number}" if index == 1 else f"{number}-{index}"
+    practitioner = _cnn_practitioner(rep, seg, ctx, f"Practitioner-{suffix}")
     if practitioner is None:
         return None
     role: dict[str, Any] = {"resourceType": "PractitionerRole", "practitioner": practitioner}
@@ -405,23 +411,28 @@ def _ndl_role(seg: Segment, number: int, ctx: MappingContext) -> dict[str, Any] 
             dt.put_datetime(period, element, rep.component(component), ctx.settings)
     if period:
         role["period"] = period
-    locations = _ndl_locations(rep, seg, ctx, f"Location-{number}")
+    locations = _ndl_locations(rep, seg, ctx, f"Location-{suffix}")
     if locations:
         role["location"] = [ctx.bundle.reference(url) for url in locations]
-    return ctx.bundle.reference(ctx.add(role, seg, f"PractitionerRole-{number}"))
+    return ctx.bundle.reference(ctx.add(role, seg, f"PractitionerRole-{suffix}"))
 
 
 def _ndl_locations(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str) -> list[str]:
     """IG NDL[PractitionerRole] NDL.4-11 → location[1..6]: point of care, room, bed, facility,
     status, type, building and floor are PL.1-8 in the same order, so they are read as a PL
-    (IG PL[Location]: one Location per level, each partOf the next); every level is listed."""
+    (IG PL[Location]: one Location per level, each partOf the next); every level is listed.
+    NDL.8 (location status) goes on every valued level: the IG's NDL.8 rows give it to
+    location[n] "IF PL.n VALUED", where PL[Location] puts PL.5 on the most granular only."""
     delims = seg.delims
     pl = Repetition(delims.component.join(rep.component_raw(c) for c in range(4, 12)), delims)
     url = pl_to_location(pl, seg, ctx, kind)
+    status = pl.component(5).lower()
     urls: list[str] = []
     while url is not None and url not in urls:
         urls.append(url)
         resource = ctx.bundle.resource(url)
+        if resource is not None and status in LOCATION_STATUS:
+            resource.setdefault("status", status)
         parent = resource.get("partOf", {}).get("reference") if resource is not None else None
         url = parent if isinstance(parent, str) else None
     return urls
@@ -476,9 +487,10 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
     interpreter = _ndl_role(obr, 32, ctx) if obr.field(32) else None
     if interpreter is not None:  # IG OBR-32 → resultsInterpreter(PractitionerRole)
         report["resultsInterpreter"] = [interpreter]
-    for number, function in ((34, "SPRF"), (35, "TRANS")):  # IG OBR-34 / OBR-35
-        for index, rep in enumerate(obr.field(number), start=1):
-            actor = _cnn_practitioner(rep, obr, ctx, f"Practitioner-{number}-{index}")
+    # IG OBR-34 / OBR-35 → performer (NDL[PractitionerRole]) with its function, every repetition
+    for number, function in ((34, "SPRF"), (35, "TRANS")):
+        for index in range(1, len(obr.all_repetitions(number)) + 1):
+            actor = _ndl_role(obr, number, ctx, index)
             if actor is not None:
                 actor_with_function = {
                     **actor,
