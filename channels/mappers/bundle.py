@@ -79,6 +79,20 @@ def _match_identifier(resource: dict[str, Any]) -> tuple[dict[str, Any] | None, 
     return (usable[0], False) if usable else (None, False)
 
 
+def _identity_query(resource: dict[str, Any], match: dict[str, Any] | None) -> tuple[str | None, bool]:
+    """The `identifier=` search of a resource's conditional request, and whether it has a system."""
+    if match is None:
+        ident, has_system = _match_identifier(resource)
+    else:
+        ident = match if match.get("value") else None
+        has_system = bool(ident and ident.get("system"))
+    if ident is None:
+        return None, False
+    if has_system:
+        return f"identifier={quote(ident['system'], safe=':/')}|{quote(ident['value'], safe='')}", True
+    return f"identifier={quote(ident['value'], safe='')}", False
+
+
 class BundleBuilder:
     """Collects the resources of one message; not shared between messages."""
 
@@ -141,6 +155,14 @@ class BundleBuilder:
         self._by_url[full_url] = entry
         return full_url
 
+    def existing(self, resource: dict[str, Any], match: dict[str, Any] | None = None) -> str | None:
+        """fullUrl of the entry `add(resource, ..., match)` would merge into, or None."""
+        rtype = resource["resourceType"]
+        if rtype in _NO_IDENTIFIER_TYPES:
+            return None
+        query, _ = _identity_query(resource, match)
+        return None if query is None else self._by_condition.get(f"{rtype}?{query}")
+
     def _request(
         self, resource: dict[str, Any], rtype: str, full_url: str, match: dict[str, Any] | None
     ) -> tuple[dict[str, str], str | None]:
@@ -148,16 +170,10 @@ class BundleBuilder:
             resource_id = full_url.rsplit(":", 1)[1]
             resource["id"] = resource_id
             return {"method": "PUT", "url": f"{rtype}/{resource_id}"}, None
-        if match is None:
-            ident, has_system = _match_identifier(resource)
-        else:
-            ident = match if match.get("value") else None
-            has_system = bool(ident and ident.get("system"))
-        if ident is not None and has_system:
-            query = f"identifier={quote(ident['system'], safe=':/')}|{quote(ident['value'], safe='')}"
+        query, has_system = _identity_query(resource, match)
+        if query is not None and has_system:
             return {"method": "PUT", "url": f"{rtype}?{query}"}, f"{rtype}?{query}"
-        if ident is not None:
-            query = f"identifier={quote(ident['value'], safe='')}"
+        if query is not None:
             return {"method": "POST", "url": rtype, "ifNoneExist": query}, f"{rtype}?{query}"
         resource.setdefault("identifier", []).append({"system": URI_SYSTEM, "value": full_url})
         query = f"identifier={quote(URI_SYSTEM, safe=':/')}|{quote(full_url, safe='')}"

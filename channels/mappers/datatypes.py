@@ -372,6 +372,10 @@ def _assign(identifier: dict[str, Any], hd: HD, s: Settings | None) -> None:
         and (s is None or hd.namespace not in s.identifier_systems)
     ):
         identifier["assigner"] = {"display": hd.namespace}
+    elif not hd.namespace and hd.universal_id and not hd.id_type and "system" not in identifier:
+        # IG HD[Organization] HD.2 → Organization.identifier.value: without HD.1 or HD.3 the
+        # universal id names the authority only as the assigner's identifier (nothing lost).
+        identifier["assigner"] = {"identifier": {"value": hd.universal_id}}
 
 
 def cx_to_identifier(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
@@ -542,7 +546,9 @@ def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any]
     XAD.9 → district; XAD.10 → censusTract extension; XAD.12 / XAD.13-14 → period."""
     address: dict[str, Any] = {}
     street = (rep.component(1, 1), rep.component(1, 2), rep.component(1, 3))  # SAD.1-3
-    lines = [x for x in (*street, rep.component(2), rep.component(19)) if x]
+    # Blanks around a line are padding, not data (v2 2.A.74 ST is left justified; FHIR string
+    # whitespace "SHOULD be removed"): servers matching addresses compare trimmed text.
+    lines = [x.strip() for x in (*street, rep.component(2), rep.component(19)) if x and not x.isspace()]
     ext: list[dict[str, Any]] = []
     kind = rep.component(7)
     if kind == "HV":  # IG XAD.7 row: the code itself (PostalAddressUse HV, vacation home)
@@ -564,7 +570,7 @@ def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any]
     if lines:
         address["line"] = lines
     for comp, element in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
-        text = rep.component(comp)
+        text = rep.component(comp).strip()
         if text:
             address[element] = text
     period = _period_from(rep, s, 13, 14) or dr_to_period_component(rep, 12, s)

@@ -201,34 +201,61 @@ def name_type_b(bundle: dict[str, Any], ctx: _Context) -> bool:
 
 # Table 0201 codes the IG's TelecommunicationUseCode map gives no FHIR use.
 _UNMAPPED_0201 = frozenset({"ORN", "VHN", "ASN", "EMR", "NET", "BPN"})
+# …and the ones it maps to a use other than ReportStream's home/work default (PRS Personal).
+_MAPPED_0201 = {"PRS": "mobile"}
+_CONTACTPOINT = "http://hl7.org/fhir/StructureDefinition/contactpoint-"
+
+
+def _xtn_keys(rep: Any) -> set[Any]:
+    """What identifies an XTN's ContactPoint: XTN.1/4/12 values and (country, area, local)."""
+    keys: set[Any] = {v for v in (rep.component(1), rep.component(4), rep.component(12)) if v}
+    if rep.component(7):
+        keys.add((rep.component(5), rep.component(6), rep.component(7)))
+    return keys
+
+
+def _point_keys(point: dict[str, Any]) -> set[Any]:
+    parts = {
+        str(e.get("url", "")).removeprefix(_CONTACTPOINT): e.get("valueString")
+        for e in point.get("extension", [])
+        if isinstance(e, dict)
+    }
+    keys: set[Any] = {point["value"]} if isinstance(point.get("value"), str) else set()
+    if parts.get("local"):
+        keys.add((parts.get("country") or "", parts.get("area") or "", parts["local"]))
+    return keys
 
 
 def telecom_use_default(bundle: dict[str, Any], ctx: _Context) -> bool:
-    """IG PID-13/PID-14 rows: use home/work only "IF PID-13.2 IS NOT VALUED"; a valued XTN.2 the
-    TelecommunicationUseCode map leaves without target (NET, ORN …) gives no use. ReportStream
-    falls back to home/work."""
+    """IG PID-13/PID-14 rows: use home/work only "IF PID-13.2 IS NOT VALUED"; a valued XTN.2 goes
+    through the TelecommunicationUseCode map: no use for the codes it leaves without target
+    (NET, ORN, EMR …), `mobile` for PRS (Personal). ReportStream falls back to home/work.
+    A ContactPoint is recognised by its value or, when it has none, its phone components."""
     if ctx.message is None:
         return False
-    unmapped_values = {
-        value
-        for seg in ctx.message.segments()
-        for number in range(1, len(seg) + 1)
-        for rep in seg.all_repetitions(number)
-        if rep.component(2) in _UNMAPPED_0201
-        for value in (rep.component(1), rep.component(4), rep.component(12))
-        if value
-    }
+    target: dict[Any, str | None] = {}
+    for seg in ctx.message.segments():
+        for number in range(1, len(seg) + 1):
+            for rep in seg.all_repetitions(number):
+                code = rep.component(2)
+                if code in _UNMAPPED_0201 or code in _MAPPED_0201:
+                    for key in _xtn_keys(rep):
+                        target[key] = _MAPPED_0201.get(code)
     changed = False
     for node in _walk(bundle):
         telecom = node.get("telecom")
         for point in telecom if isinstance(telecom, list) else []:
-            if (
-                isinstance(point, dict)
-                and point.get("use") in ("home", "work")
-                and point.get("value") in unmapped_values
-            ):
+            if not isinstance(point, dict) or point.get("use") not in ("home", "work"):
+                continue
+            keys = [key for key in _point_keys(point) if key in target]
+            if not keys:
+                continue
+            use = target[keys[0]]
+            if use is None:
                 del point["use"]
-                changed = True
+            else:
+                point["use"] = use
+            changed = True
     return changed
 
 
@@ -451,7 +478,23 @@ def telephone_number_is_a_phone(bundle: dict[str, Any], ctx: _Context) -> bool:
                 del point["_system"]
                 point["system"] = "phone"
                 changed = True
+            elif number and point.get("system") == "email" and point.get("value") in _numbers_beside_email(ctx):
+                point["system"] = "phone"  # XTN.1 is the number; ReportStream typed it by XTN.4
+                changed = True
     return changed
+
+
+def _numbers_beside_email(ctx: _Context) -> set[str]:
+    """XTN.1 values of XTNs without XTN.3 that also hold an XTN.4 (communication address)."""
+    if ctx.message is None:
+        return set()
+    return {
+        rep.component(1)
+        for seg in ctx.message.segments()
+        for number in range(1, len(seg) + 1)
+        for rep in seg.all_repetitions(number)
+        if rep.component(1) and rep.component(4) and not rep.component(3)
+    }
 
 
 def contact_point_without_value(bundle: dict[str, Any], ctx: _Context) -> bool:
@@ -480,6 +523,24 @@ def hl7_null_text(bundle: dict[str, Any], ctx: _Context) -> bool:
                 changed = True
             elif isinstance(value, list) and '""' in value:
                 node[key] = [v for v in value if v != '""']
+                changed = True
+    return changed
+
+
+_LINE_BREAK = "\\.br\\"  # the v2 formatting command as it stands in the message text
+
+
+def line_break_decoded(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """v2 chapter 2 (2.7.6 formatting commands, FT/TX): `\\.br\\` begins a new output line.
+    ReportStream keeps the five characters in the FHIR string; ours decodes the command into
+    the line break it means (escape.py), as every other escape sequence is decoded."""
+    if _LINE_BREAK not in ctx.text:
+        return False
+    changed = False
+    for node in _walk(bundle):
+        for key, value in node.items():
+            if isinstance(value, str) and _LINE_BREAK in value:
+                node[key] = value.replace(_LINE_BREAK, "\n")
                 changed = True
     return changed
 
@@ -684,6 +745,29 @@ def _outgoing_references(resource: dict[str, Any]) -> set[str]:
     return refs
 
 
+def empty_discharge_location(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG PV1-37 → DLD[Location-Discharge]: DLD.1 → Location.type, DLD.2 (effective date) has
+    no target. With DLD.1 empty ReportStream still makes a Location (nothing in it but its own
+    field extension) as hospitalization.destination; ours makes none (PV1-37 reported unmapped).
+    Such Locations, and the destination references to them, go."""
+    if ctx.message is None or not ctx.valued("PV1", 37):
+        return False
+    if any(seg.value(37, 1) for seg in ctx.message.segments("PV1")):
+        return False
+    empty = {
+        f"Location/{r.get('id')}"
+        for r in _resources(bundle)
+        if r.get("resourceType") == "Location" and not set(r) - {"resourceType", "id"}
+    }
+    gone: set[str] = set()
+    for resource in _resources(bundle):
+        stay = resource.get("hospitalization")
+        if isinstance(stay, dict) and stay.get("destination", {}).get("reference") in empty:
+            gone.add(stay.pop("destination")["reference"])
+    doomed = [r for r in _resources(bundle) if f"Location/{r.get('id')}" in gone]
+    return _drop(bundle, doomed)
+
+
 def empty_episode_of_care(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG PV1-53/PV1-54 → episodeOfCare: ReportStream makes an EpisodeOfCare for every PV1, with
     nothing in it but its own field extension when both fields are empty; R4 EpisodeOfCare
@@ -822,6 +906,52 @@ def same_identifier_related_persons(bundle: dict[str, Any], ctx: _Context) -> bo
     return _merge_same_identity(bundle, "RelatedPerson")
 
 
+def _nk1_point_keys(seg: Segment) -> set[Any]:
+    """The ContactPoint keys (see `_xtn_keys`) of an NK1's telecom fields (NK1-5, 6, 40, 41)."""
+    return {key for number in (5, 6, 40, 41) for rep in seg.all_repetitions(number) for key in _xtn_keys(rep)}
+
+
+def contact_telecoms_per_nk1(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG NK1[Patient]: each NK1 segment is one Patient.contact, its NK1-5/6/40/41 the contact's
+    telecom. With several NK1 segments ReportStream writes later segments' numbers into the
+    first contact's telecom list by position. Telecoms of a named contact that only another
+    NK1 holds move to a contact of their own (one per NK1, as ours)."""
+    if ctx.message is None:
+        return False
+    segments = ctx.message.segments("NK1")
+    if len(segments) < 2:
+        return False
+    changed = False
+    for patient in _resources(bundle):
+        contacts = patient.get("contact")
+        if patient.get("resourceType") != "Patient" or not isinstance(contacts, list):
+            continue
+        added: dict[int, dict[str, Any]] = {}  # by the NK1 the moved telecoms come from
+        for contact in contacts:
+            family = contact.get("name", {}).get("family") if isinstance(contact, dict) else None
+            own = [seg for seg in segments if family and seg.value(2, 1).split("&")[0] == family]
+            if len(own) != 1 or not isinstance(contact.get("telecom"), list):
+                continue
+            own_keys = _nk1_point_keys(own[0])
+            kept = []
+            for point in contact["telecom"]:
+                # The value decides when there is one: ReportStream mixes one NK1's value with
+                # another's phone-component extensions.
+                keys = _point_keys(point) if isinstance(point, dict) else set()
+                if isinstance(point, dict) and isinstance(point.get("value"), str):
+                    keys = {point["value"]}
+                source = next((seg for seg in segments if seg is not own[0] and keys & _nk1_point_keys(seg)), None)
+                if source is None or keys & own_keys:
+                    kept.append(point)
+                else:
+                    added.setdefault(id(source), {"telecom": []})["telecom"].append(point)
+            if len(kept) != len(contact["telecom"]):
+                contact["telecom"] = kept
+                changed = True
+        contacts.extend(added.values())
+    return changed
+
+
 def one_contact_per_nk1(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG NK1[Patient]: each NK1 segment is one Patient.contact; NK1-2 (contact.name) and
     NK1-13 (contact.organization) of one segment share it. ReportStream gives the contact
@@ -957,6 +1087,16 @@ def observation_participant_practitioner(bundle: dict[str, Any], ctx: _Context) 
     return changed
 
 
+def _repeated_same_name(bundle: dict[str, Any], value: str) -> bool:
+    """Several expected Practitioners hold identifier `value` and all have the same name."""
+    holders = [
+        r
+        for r in _resources(bundle)
+        if r.get("resourceType") == "Practitioner" and value in {key[0] for key in _identity_keys(r)}
+    ]
+    return len(holders) > 1 and all(r.get("name") == holders[0].get("name") for r in holders)
+
+
 def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool:
     """IG XCN[Practitioner] row XCN.1 → identifier.value (with XCN.9 the authority): XCNs with
     one identifier but different names (NTE-5 authors, OBR-16) name one practitioner for the
@@ -973,9 +1113,19 @@ def same_identifier_practitioners(bundle: dict[str, Any], ctx: _Context) -> bool
         for rep in seg.all_repetitions(number)
         if rep.subcomponents(1) and rep.subcomponents(1)[0]
     )
-    if not ndl_ids:
+    # The ordering provider (IG ORC-12 / OBR-16 → XCN[Practitioner]) repeated in every OBR of
+    # one order, once with ORC-24's address and once without, is one practitioner as well.
+    ordering_ids = frozenset(
+        rep.component(1)
+        for kind, number in (("ORC", 12), ("OBR", 16))
+        for seg in (ctx.message.segments(kind) if ctx.message is not None else [])
+        for rep in seg.all_repetitions(number)
+        if rep.component(1)
+    )
+    repeated = frozenset(value for value in ordering_ids if _repeated_same_name(bundle, value))
+    if not ndl_ids | repeated:
         return False
-    return _merge_same_identity(bundle, "Practitioner", with_system=True, values=ndl_ids)
+    return _merge_same_identity(bundle, "Practitioner", with_system=True, values=ndl_ids | repeated)
 
 
 _PERFORMER_FUNCTION = "http://hl7.org/fhir/StructureDefinition/event-performerFunction"
@@ -1144,20 +1294,110 @@ def mother_one_related_person(bundle: dict[str, Any], ctx: _Context) -> bool:
     return _drop(bundle, mothers[1:]) or True
 
 
+# Specimens and Observations only with identifiers (SPM-2, OBX-21: their conditional identity);
+# OBR-made Specimens and OBX without OBX-21 have none and are never merged.
+_MERGED_KINDS = frozenset({"Practitioner", "Organization", "Location", "Device", "Specimen", "Observation"})
+_IDENTIFIED_KINDS = frozenset({"Specimen", "Observation"})
+
+
 def duplicate_resources(bundle: dict[str, Any], ctx: _Context) -> bool:
-    """One XCN/XON sent twice gives ReportStream two identical resources; our Bundle merges
-    entries with the same conditional identity into one (a transaction may not hold two
-    entries for one conditional URL, bundle.py). Identical expected resources count once."""
-    seen: set[str] = set()
+    """One XCN/XON (or one SPM, the same SPM-2 identifiers and content, once per ORDER_OBSERVATION
+    group; or one OBX with its OBX-21 identifier, repeated but for OBX-1) sent twice gives
+    ReportStream two identical resources; our Bundle merges entries with the same conditional
+    identity into one (a transaction may not hold two entries for one conditional URL,
+    bundle.py). Identical expected resources count once; references to the dropped copy point
+    at the kept one, and a list holding both references holds it once."""
+    first: dict[str, dict[str, Any]] = {}
     doomed = []
+    moved: dict[str, str] = {}
     for resource in _resources(bundle):
-        if resource.get("resourceType") not in ("Practitioner", "Organization", "Location", "Device"):
+        kind = resource.get("resourceType")
+        if kind not in _MERGED_KINDS or (kind in _IDENTIFIED_KINDS and not resource.get("identifier")):
             continue
         key = repr(_without_references({k: v for k, v in resource.items() if k != "id"}))
-        if key in seen:
+        kept = first.setdefault(key, resource)
+        if kept is not resource:
             doomed.append(resource)
-        seen.add(key)
+            moved[f"{kind}/{resource.get('id')}"] = f"{kind}/{kept.get('id')}"
+    if not doomed:
+        return False
+    for node in _walk(bundle):
+        if isinstance(node.get("reference"), str) and node["reference"] in moved:
+            node["reference"] = moved[node["reference"]]
+    for node in list(_walk(bundle)):
+        for key, value in node.items():
+            if isinstance(value, list) and any(isinstance(i, dict) and "reference" in i for i in value):
+                node[key] = [item for n, item in enumerate(value) if item not in value[:n]]
     return _drop(bundle, doomed)
+
+
+def administrative_sex_not_applicable(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG concept map AdministrativeSex: N (Not applicable) → `other`; ReportStream writes
+    `unknown`. Only when a PID-8 / NK1-15 / GT1-9 / IN1-43 of the message holds N."""
+    if ctx.message is None:
+        return False
+    fields = (("PID", 8), ("NK1", 15), ("GT1", 9), ("IN1", 43))
+    if not any(seg.value(number, 1) == "N" for kind, number in fields for seg in ctx.message.segments(kind)):
+        return False
+    changed = False
+    for node in _walk(bundle):
+        if node.get("gender") == "unknown":
+            node["gender"] = "other"
+            changed = True
+    return changed
+
+
+def observation_one_device(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """IG OBX[Observation] row OBX-18 (EI, 0..*) → device (0..1): only the first repetition
+    has a target. ReportStream makes a Device for every repetition; the later ones are
+    referenced only from its own extensions. Those Devices (nothing else references them) go."""
+    if ctx.message is None:
+        return False
+    later = {
+        rep.component(1)
+        for seg in ctx.message.segments("OBX")
+        for rep in seg.all_repetitions(18)[1:]
+        if rep.component(1)
+    }
+    if not later:
+        return False
+    referenced = {ref for resource in _resources(bundle) for ref in _outgoing_references(resource)}
+    doomed = [
+        r
+        for r in _resources(bundle)
+        if r.get("resourceType") == "Device"
+        and f"Device/{r.get('id')}" not in referenced
+        and {i.get("value") for i in r.get("identifier", []) if isinstance(i, dict)} & later
+    ]
+    return _drop(bundle, doomed)
+
+
+_SENSITIVE_TYPES = frozenset({"SS", "DL", "SB"})
+
+
+def sensitive_identifier_not_matched(bundle: dict[str, Any], ctx: _Context) -> bool:
+    """XCN repetitions (PV2-13 referral sources) identified only by an SSN, driver's licence or
+    social beneficiary number (XCN.13 SS/DL/SB): ReportStream makes one Practitioner holding
+    every repetition's name; ours never matches on such numbers (a conditional URL is logged by
+    servers, bundle.py), so each repetition is its own Practitioner, as IG XCN[Practitioner]
+    maps each XCN. The expected Practitioner is split into one per name."""
+    changed = False
+    for entry in list(bundle.get("entry", [])):
+        resource = entry.get("resource", {})
+        names = resource.get("name")
+        if resource.get("resourceType") != "Practitioner" or not isinstance(names, list) or len(names) < 2:
+            continue
+        identifiers = [i for i in resource.get("identifier", []) if isinstance(i, dict) and i.get("value")]
+        codes = {str(c.get("code")) for i in identifiers for c in i.get("type", {}).get("coding", [])}
+        if not identifiers or not codes or not codes <= _SENSITIVE_TYPES:
+            continue
+        resource["name"] = names[:1]
+        position = bundle["entry"].index(entry)
+        for n, name in enumerate(names[1:], start=2):
+            copy_ = {**copy.deepcopy(resource), "id": f"{resource.get('id')}-{n}", "name": [name]}
+            bundle["entry"].insert(position + n - 1, {"resource": copy_})
+        changed = True
+    return changed
 
 
 RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
@@ -1183,6 +1423,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("telephone-number-is-a-phone", telephone_number_is_a_phone),
     ("contact-point-without-value", contact_point_without_value),
     ("hl7-null-text", hl7_null_text),
+    ("line-break-decoded", line_break_decoded),
     ("encounter-codes", encounter_codes),
     ("time-values", time_values),
     ("order-codes", order_codes),
@@ -1190,6 +1431,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("cross-version-extension-url", cross_version_extension_url),
     ("duplicate-list-items", duplicate_list_items),
     ("empty-episode-of-care", empty_episode_of_care),
+    ("empty-discharge-location", empty_discharge_location),
     ("same-oid-locations", same_oid_locations),
     ("visit-protection-not-yes-no", visit_protection_not_yes_no),
     ("source-endpoint-from-msh24", source_endpoint_from_msh24),
@@ -1198,6 +1440,7 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("mother-one-related-person", mother_one_related_person),
     ("same-identifier-related-persons", same_identifier_related_persons),
     ("one-contact-per-nk1", one_contact_per_nk1),
+    ("contact-telecoms-per-nk1", contact_telecoms_per_nk1),
     ("placer-group-number-requisition", placer_group_number_requisition),
     ("collector-comment-full-field", collector_comment_full_field),
     ("software-vendor-with-identifier", software_vendor_with_identifier),
@@ -1205,6 +1448,9 @@ RULE_FUNCTIONS: tuple[tuple[str, Rule], ...] = (
     ("performer-function-on-reference", performer_function_on_reference),
     ("service-request-without-patient", service_request_without_patient),
     ("device-identifier-not-udi", device_identifier_not_udi),
+    ("sensitive-identifier-not-matched", sensitive_identifier_not_matched),
+    ("administrative-sex-not-applicable", administrative_sex_not_applicable),
+    ("observation-one-device", observation_one_device),
 )
 RULES: tuple[str, ...] = tuple(name for name, _ in RULE_FUNCTIONS)
 

@@ -142,3 +142,67 @@ class TestPractitionerRoleRules:
         families = [[n["family"] for n in r["name"]] for r in resources if r["resourceType"] == "Practitioner"]
         assert families == [["A", "B"], ["C"], ["D"]]
         assert resources[1]["practitioner"] == {"reference": "Practitioner/a"}
+
+    def test_repeated_ordering_provider_merged_only_with_the_same_name(self) -> None:
+        """An ORC-12 / OBR-16 identifier held by two Practitioners of one name merges; two names stay apart."""
+
+        def person(pid: str, family: str, **more: Any) -> dict[str, Any]:
+            return {
+                "resourceType": "Practitioner",
+                "id": pid,
+                "identifier": [{"value": "9"}],
+                "name": [{"family": family}],
+                **more,
+            }
+
+        orders = [{"resourceType": "ServiceRequest", "requester": {"reference": f"Practitioner/{p}"}} for p in "ab"]
+        orc, obr = "ORC|RE" + "|" * 11 + "9^LAB", "OBR|1" + "|" * 15 + "9^LAB"
+        same = [person("a", "LAB", address=[{"city": "X"}]), person("b", "LAB")]
+        resources, rules = _align([*orders, *same], "PID|1", orc, obr)
+        assert "same-identifier-practitioners" in rules
+        assert [r["id"] for r in resources if r["resourceType"] == "Practitioner"] == ["a"]
+        different = [person("a", "LAB"), person("b", "OTHER")]
+        resources, rules = _align([*orders, *different], "PID|1", orc, obr)
+        assert "same-identifier-practitioners" not in rules
+        assert [r["id"] for r in resources if r["resourceType"] == "Practitioner"] == ["a", "b"]
+
+
+class TestTextAndDuplicateRules:
+    def test_line_break_command_compared_decoded(self) -> None:
+        """A `\\.br\\` kept by ReportStream is compared as the line break ours decodes it to."""
+        observation = {"resourceType": "Observation", "valueString": "A\\.br\\B"}
+        resources, rules = _align([observation], "PID|1", "OBX|1|TX|X^Y^LN||A\\.br\\B")
+        assert rules == ["line-break-decoded"]
+        assert resources[0]["valueString"] == "A\nB"
+
+    def test_identical_spm_specimens_count_once_but_obr_specimens_do_not_merge(self) -> None:
+        """Two identical Specimens with SPM-2 identifiers become one; identical identifier-less OBR Specimens stay."""
+        spm = {"resourceType": "Specimen", "identifier": [{"value": "S1"}], "type": {"text": "Blood"}}
+        obr = {"resourceType": "Specimen", "collection": {"collectedDateTime": "2023-07-24"}}
+        specimens = [dict(spm, id="1"), dict(spm, id="2"), dict(obr, id="3"), dict(obr, id="4")]
+        resources, rules = _align(specimens, "PID|1")
+        assert "duplicate-resources" in rules
+        assert [r["id"] for r in resources] == ["1", "3", "4"]
+
+    def test_not_applicable_sex_compared_as_other(self) -> None:
+        """NK1-15 N: ReportStream's gender unknown is compared as the IG's other; without N it stays."""
+        person = {"resourceType": "RelatedPerson", "gender": "unknown"}
+        resources, rules = _align([dict(person)], "PID|1", "NK1|1|DOE^J" + "|" * 13 + "N")
+        assert "administrative-sex-not-applicable" in rules and resources[0]["gender"] == "other"
+        resources, rules = _align([dict(person)], "PID|1", "NK1|1|DOE^J" + "|" * 13 + "U")
+        assert "administrative-sex-not-applicable" not in rules and resources[0]["gender"] == "unknown"
+
+    def test_personal_number_compared_as_mobile(self) -> None:
+        """PID-13 XTN.2 PRS: ReportStream's home default is compared as the IG map's mobile."""
+        patient = {"resourceType": "Patient", "telecom": [{"system": "phone", "value": "555", "use": "home"}]}
+        resources, rules = _align([patient], "PID|1" + "|" * 12 + "555^PRS^PH")
+        assert "telecom-use-default" in rules
+        assert resources[0]["telecom"][0]["use"] == "mobile"
+
+    def test_empty_discharge_location_goes_with_its_reference(self) -> None:
+        """PV1-37 without DLD.1: the empty destination Location and the reference to it go."""
+        encounter = {"resourceType": "Encounter", "hospitalization": {"destination": {"reference": "Location/l"}}}
+        location = {"resourceType": "Location", "id": "l"}
+        resources, rules = _align([encounter, location], "PID|1", "PV1|1|O" + "|" * 35 + "^202305061200")
+        assert "empty-discharge-location" in rules
+        assert resources == [{"resourceType": "Encounter"}]

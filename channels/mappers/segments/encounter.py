@@ -115,7 +115,7 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
     """
     levels = [(comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp, 1) or rep.component(comp, 2)]
     if not levels:
-        return None
+        return _unleveled_location(rep, seg, ctx, kind)
     # PL.11 → identifier.assigner of every level (and PL.10's default assigner)
     authority = dt.hd_to_organization(dt.hd_of(rep, 11))
     assigner = ctx.bundle.reference(ctx.add(authority, seg, f"{kind}-Organization-11")) if authority else None
@@ -150,6 +150,25 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
         if resource is not None and child != parent:
             resource.setdefault("partOf", ctx.bundle.reference(parent))
     return urls[0]
+
+
+def _unleveled_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str) -> str | None:
+    """A PL naming no level (PL.1-4, 7, 8) but describing the place (IG PL.9 → description,
+    PL.10 → identifier, PL.5 → status): one Location holding what is there, so the
+    description is not lost. None when PL holds none of these."""
+    location: dict[str, Any] = {"resourceType": "Location", "mode": "instance"}
+    description = rep.component(9)
+    if description:
+        location["description"] = description
+    status = rep.component(5).lower()
+    if status in LOCATION_STATUS:
+        location["status"] = status
+    entity = _ei_organization(seg, rep, 10, ctx, f"{kind}-Organization-10")
+    if entity is not None:
+        location["identifier"] = [entity]
+    if len(location) == 2:
+        return None
+    return ctx.add(location, seg, f"{kind}-described")
 
 
 def component_as_repetition(seg: Segment, rep: Repetition, component: int) -> Repetition:

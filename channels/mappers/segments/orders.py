@@ -72,6 +72,7 @@ _CODED_TYPES = frozenset({"CWE", "CE", "CNE", "CF"})
 _ORC = "orders.orc"  # ctx.extra: the ORC segment waiting for its OBR/RXA
 _GROUP_OBSERVATIONS = "orders.observations"  # ctx.extra: Observation urls of the current OBR group
 _OBR_SPECIMEN = "orders.obr_specimen"  # ctx.extra: the Specimen of the current OBR (result messages)
+_SPM_SPECIMEN = "orders.spm_specimen"  # ctx.extra: the Specimen of the SPM the next OBX describes
 
 
 # ---------------------------------------------------------------- small helpers
@@ -94,6 +95,46 @@ def _ei(seg: Segment, number: int, ctx: MappingContext, type_code: str | None = 
     if ident is not None and type_code:
         _typed_identifier(ident, type_code)
     return ident
+
+
+def _order_match(resource: dict[str, Any]) -> dict[str, Any] | None:
+    """The identifier an order's ServiceRequest / DiagnosticReport is matched on: its filler
+    order number (ORC-3 / OBR-3, typed FILL) when it has one with a system, else the default.
+
+    One requisition's OBRs often share the placer number (ORC-2 / OBR-2) while each OBR has
+    its own filler number (v2 chapter 4.5.1.3: "the order number associated with the filling
+    application"); matching on the placer number would merge distinct orders into one.
+    """
+    for ident in resource.get("identifier", []):
+        codings = ident.get("type", {}).get("coding", [{}]) if isinstance(ident, dict) else [{}]
+        if codings[0].get("code") == "FILL" and ident.get("system") and ident.get("value"):
+            return dict(ident)
+    return None
+
+
+def _add_order(ctx: MappingContext, resource: dict[str, Any], seg: Segment, kind: str) -> str:
+    """Add an OBR's ServiceRequest / DiagnosticReport, matched on `_order_match`.
+
+    In result messages (IG ORU_R01: ServiceRequest[n] per ORDER_OBSERVATION) an earlier order
+    holding the same identifier but another OBR-4 code (a requisition's panels sharing one
+    placer number, no filler numbers) is another order: see `_add_apart`. An order message
+    (ORM_O01 ORDER) holds one OBR per ORC; a second one is out of structure and merges.
+    """
+    match = _order_match(resource)
+    if ctx.message_code in _RESULT_MESSAGES:
+        return _add_apart(ctx, resource, seg, kind, match)
+    return ctx.add(resource, seg, kind, match)
+
+
+def _add_apart(ctx: MappingContext, resource: dict[str, Any], seg: Segment, kind: str, match: Any) -> str:
+    """ctx.add, except that a resource whose identifier an earlier entry of another `code`
+    holds gets its own identity (its deterministic fullUrl) instead of being merged into that
+    entry, which would drop its code and value silently (two OBX with one OBX-21, two OBR
+    with one placer number)."""
+    existing = ctx.bundle.resource(ctx.bundle.existing(resource, match) or "")
+    if existing is not None and "code" in existing and "code" in resource and existing["code"] != resource["code"]:
+        match = {}
+    return ctx.add(resource, seg, kind, match)
 
 
 def _add_identifier(resource: dict[str, Any], ident: dict[str, Any] | None) -> None:
@@ -296,6 +337,7 @@ def orc_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     """IG ORC[ServiceRequest]: an order; in VXU the ORC waits for its RXA (ORC[Immunization])."""
     ctx.extra[_ORC] = seg
     ctx.extra[_GROUP_OBSERVATIONS] = []
+    ctx.extra.pop(_SPM_SPECIMEN, None)
     ctx.current.pop("DiagnosticReport", None)
     ctx.current.pop("Observation", None)
     ctx.current.pop("ServiceRequest", None)
@@ -306,7 +348,7 @@ def orc_to_service_request(seg: Segment, ctx: MappingContext) -> None:
         return  # ServiceRequest.subject is required: no PID, no order (ORC fields reported unmapped)
     request = _new_service_request(seg, ctx, seg)
     _apply_orc(seg, ctx, request)
-    ctx.current["ServiceRequest"] = ctx.add(request, seg, "ServiceRequest")
+    ctx.current["ServiceRequest"] = ctx.add(request, seg, "ServiceRequest", _order_match(request))
 
 
 # ---------------------------------------------------------------- OBR
@@ -509,7 +551,7 @@ def _diagnostic_report(obr: Segment, ctx: MappingContext, orc: Segment | None, r
                     ],
                 }
                 report.setdefault("performer", []).append(actor_with_function)
-    return ctx.add(report, obr, "DiagnosticReport")
+    return _add_order(ctx, report, obr, "DiagnosticReport")
 
 
 @segment_mapper(
@@ -530,13 +572,14 @@ def obr_to_service_request(seg: Segment, ctx: MappingContext) -> None:
     elif ctx.patient is not None:
         request = _new_service_request(seg, ctx, None)
         _apply_obr(seg, ctx, request, None)
-        request_url = ctx.add(request, seg, "ServiceRequest")
+        request_url = _add_order(ctx, request, seg, "ServiceRequest")
         ctx.current["ServiceRequest"] = request_url
     else:
         # No PID: a ServiceRequest cannot exist (subject is required); a report still can.
         ctx.current.pop("ServiceRequest", None)
     ctx.current["orders.last"] = "OBR"
     ctx.extra[_GROUP_OBSERVATIONS] = []
+    ctx.extra.pop(_SPM_SPECIMEN, None)
     ctx.current.pop("Observation", None)
     ctx.extra.pop(_OBR_SPECIMEN, None)
     ctx.current.pop("DiagnosticReport", None)
@@ -929,6 +972,10 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
     specimen = ctx.extra.get(_OBR_SPECIMEN)
     if isinstance(specimen, str) and ctx.current.get("DiagnosticReport"):
         observation["specimen"] = ctx.bundle.reference(specimen)  # IG OBR[Specimen]
+    about_specimen = ctx.extra.get(_SPM_SPECIMEN)
+    if isinstance(about_specimen, str):
+        # IG ORU_R01 row 4.2.7.2.1 (SPECIMEN_OBSERVATION.OBX): focus = the SPM's Specimen[n].
+        observation["focus"] = [ctx.bundle.reference(about_specimen)]
     if value_type or seg.field(5):
         _set_value(observation, value_type, seg, ctx)  # IG OBX-5 (by OBX-2) + OBX-6
     has_value = any(k.startswith("value") for k in observation) or "component" in observation
@@ -961,7 +1008,7 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
     body_site = _concept(seg, 20, ctx)  # IG OBX-20
     if body_site is not None:
         observation["bodySite"] = body_site
-    url = ctx.add(observation, seg, "Observation")
+    url = _add_apart(ctx, observation, seg, "Observation", None)
     ctx.current["Observation"] = url
     ctx.current["orders.last"] = "OBX"
     ctx.extra.setdefault(_GROUP_OBSERVATIONS, []).append(url)
@@ -1115,6 +1162,7 @@ def spm_to_specimen(seg: Segment, ctx: MappingContext) -> None:
         specimen["parent"] = parents
     url = ctx.add(specimen, seg, "Specimen")
     ctx.current["Specimen"] = url
+    ctx.extra[_SPM_SPECIMEN] = url
     _append_ref(_resource(ctx, "DiagnosticReport"), "specimen", url, ctx)
     _append_ref(_resource(ctx, "ServiceRequest"), "specimen", url, ctx)
     obr_specimen = ctx.extra.get(_OBR_SPECIMEN)
