@@ -221,14 +221,21 @@ class Runner:
                     failed[message.id] = result  # type: ignore[assignment]
         # Issued together so the store commits them in one transaction (one fsync).
         updates: list[Coroutine[Any, Any, None]] = []
+        done: list[int] = []
         for exchange in exchanges:
             message = exchange.message
             if message.id in failed:
                 updates.append(self._fail(message, failed[message.id]))
             elif message.id not in held_back:
-                updates.append(self._store.complete(message.id, Status.DONE))
-                metrics.PROCESSED.labels(self.channel, "done").inc()
-                self.processed += 1
+                done.append(message.id)
+        if done:
+            complete_many = getattr(self._store, "complete_many", None)
+            if complete_many is not None:  # one statement for the batch, where the store offers it
+                updates.append(complete_many(done, Status.DONE))
+            else:
+                updates.extend(self._store.complete(message_id, Status.DONE) for message_id in done)
+            metrics.PROCESSED.labels(self.channel, "done").inc(len(done))
+            self.processed += len(done)
         if held_back:
             updates.append(self._store.unlease(sorted(held_back)))
         await asyncio.gather(*updates)

@@ -430,3 +430,18 @@ class TestBatchedIngest:
         for item, (result,) in zip(items, results, strict=True):
             got = await store.get(result.message_id)
             assert got is not None and item.raw == got.raw and item.control_id == got.control_id
+
+
+class TestCompleteMany:
+    async def test_completes_a_batch_in_one_call(self, store: SQLiteStore) -> None:
+        """complete_many marks every leased message done; a missing id is an error."""
+        from engine.types import MessageQuery, Status
+
+        results = await store.ingest([inbound(200 + i) for i in range(5)])
+        ids = [r.message_id for r in results]
+        await store.lease("adt", 10, time.time())
+        await store.complete_many(ids[:4])
+        statuses = {m.id: m.status for m in await store.query(MessageQuery(limit=10))}
+        assert [Status.DONE] * 4 + [Status.PROCESSING] == [statuses[i] for i in ids]
+        with pytest.raises(KeyError):
+            await store.complete_many([ids[4], 999_999])
