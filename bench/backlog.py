@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 import httpx
 
-from bench.engine_proc import DEFAULT_ENGINE_COMMAND, REPO_ROOT, EngineProcess, ProcessUnavailable
+from bench.engine_proc import DEFAULT_ENGINE_COMMAND, REPO_ROOT, EngineProcess, ProcessUnavailable, descendants
 from bench.idle import IdleConnections, raise_fd_limit
 from bench.loadgen import LoadResult, run_load, run_sync, uvloop_available
 from bench.messages import MessageSource, builtin_templates
@@ -176,17 +176,8 @@ class Sample:
 
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants, from /proc/<pid>/task/*/children (Linux)."""
-    found = [pid]
-    pending = [pid]
-    while pending:
-        parent = pending.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                kids = [int(k) for k in children.read_text().split()]
-                found.extend(kids)
-                pending.extend(kids)
-    return found
+    """`pid` and its descendants (Linux)."""
+    return [pid, *descendants(pid)]
 
 
 def _status_kb(pid: int, key: str) -> int | None:

@@ -276,7 +276,7 @@ class EngineProcess:
         """Peak resident memory (VmHWM) of the engine and of any worker processes it started."""
         if self.process is None:
             return None
-        pids = [self.process.pid, *_descendants(self.process.pid)]
+        pids = [self.process.pid, *descendants(self.process.pid)]
         peaks = [peak for pid in pids if (peak := _vm_hwm_bytes(pid)) is not None]
         return sum(peaks) if peaks else None
 
@@ -309,7 +309,7 @@ def _vm_hwm_bytes(pid: int) -> int | None:
     return rss
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     """Child processes, recursively, from /proc/<pid>/task/*/children (Linux)."""
     found: list[int] = []
     pending = [pid]

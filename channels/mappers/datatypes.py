@@ -455,35 +455,57 @@ def cwe_to_identifier(rep: Repetition, s: Settings | None = None) -> list[dict[s
 # ---------------------------------------------------------------- names, addresses, telecom
 
 
-def xpn_to_human_name(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
-    """IG XPN[HumanName]: XPN.1 (FN.1) → family; XPN.2/XPN.3 → given; XPN.4/XPN.6/XPN.14 → suffix;
-    XPN.5 → prefix; XPN.7 → use (NameType); XPN.10 or XPN.12/XPN.13 → period;
-    XPN.11 → assembly-order extension. FN.2-FN.5 → family extensions."""
+@dataclass(frozen=True, slots=True)
+class _NameLayout:
+    """Where a person name's parts sit: XPN and XCN hold the same parts at other positions."""
+
+    family: int
+    given: tuple[int, int]
+    prefix: int
+    suffixes: tuple[int, ...]
+    use: int
+    period_start_end: tuple[int, int]
+    period_dr: int
+    assembly_order: int
+
+
+_XPN_LAYOUT = _NameLayout(family=1, given=(2, 3), prefix=5, suffixes=(4, 6, 14), use=7,
+                          period_start_end=(12, 13), period_dr=10, assembly_order=11)
+_XCN_LAYOUT = _NameLayout(family=2, given=(3, 4), prefix=6, suffixes=(5, 7, 21), use=10,
+                          period_start_end=(19, 20), period_dr=17, assembly_order=18)
+
+
+def _human_name(rep: Repetition, s: Settings | None, layout: _NameLayout) -> dict[str, Any] | None:
     name: dict[str, Any] = {}
-    fn_to_family(rep, 1, name)
-    given = [g for g in (rep.component(2), rep.component(3)) if g]
+    fn_to_family(rep, layout.family, name)
+    given = [g for g in (rep.component(layout.given[0]), rep.component(layout.given[1])) if g]
     if given:
         name["given"] = given
-    prefix = rep.component(5)
+    prefix = rep.component(layout.prefix)
     if prefix:
         name["prefix"] = [prefix]
-    suffix = [x for x in (rep.component(4), rep.component(6), rep.component(14)) if x]
+    suffix = [x for x in (rep.component(c) for c in layout.suffixes) if x]
     if suffix:
         name["suffix"] = suffix
     if not name:
         return None
-    use_code = rep.component(7)
+    use_code = rep.component(layout.use)
     if use_code and s is not None:
         concept = s.vocab.lookup("NameType", use_code)
         if concept is not None and concept.code:
             name["use"] = concept.code
-    period = _period_from(rep, s, 12, 13)
-    if not period:
-        period = dr_to_period_component(rep, 10, s) or {}
+    period = _period_from(rep, s, *layout.period_start_end) or dr_to_period_component(rep, layout.period_dr, s)
     if period:
         name["period"] = period
-    _assembly_order(rep.component(11), s, name)
+    _assembly_order(rep.component(layout.assembly_order), s, name)
     return name
+
+
+def xpn_to_human_name(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
+    """IG XPN[HumanName]: XPN.1 (FN.1) → family; XPN.2/XPN.3 → given; XPN.4/XPN.6/XPN.14 → suffix;
+    XPN.5 → prefix; XPN.7 → use (NameType); XPN.10 or XPN.12/XPN.13 → period;
+    XPN.11 → assembly-order extension. FN.2-FN.5 → family extensions."""
+    return _human_name(rep, s, _XPN_LAYOUT)
 
 
 _FN_PARTS = (
@@ -782,29 +804,7 @@ def _xcn_name(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
     XCN.7 (degree) joins the suffixes as XPN.6 does in every other person name (IG
     XPN[HumanName] row XPN.6); XCN[Practitioner] also codes it as qualification.
     """
-    name: dict[str, Any] = {}
-    fn_to_family(rep, 2, name)
-    given = [g for g in (rep.component(3), rep.component(4)) if g]
-    if given:
-        name["given"] = given
-    prefix = rep.component(6)
-    if prefix:
-        name["prefix"] = [prefix]
-    suffix = [x for x in (rep.component(5), rep.component(7), rep.component(21)) if x]
-    if suffix:
-        name["suffix"] = suffix
-    if not name:
-        return None
-    use_code = rep.component(10)
-    if use_code and s is not None:
-        concept = s.vocab.lookup("NameType", use_code)
-        if concept is not None and concept.code:
-            name["use"] = concept.code
-    period = _period_from(rep, s, 19, 20) or dr_to_period_component(rep, 17, s)
-    if period:
-        name["period"] = period
-    _assembly_order(rep.component(18), s, name)
-    return name
+    return _human_name(rep, s, _XCN_LAYOUT)
 
 
 def _xcn_identifier(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
