@@ -204,14 +204,22 @@ async def kill_while_holding_leases(process: EngineProcess, url: str, *, instanc
     """SIGKILL `process` at a moment it holds leases; returns them (id -> control id).
 
     A batch is in flight for milliseconds, so: poll until the instance holds leases,
-    freeze it (SIGSTOP), check it still holds them (else thaw and try again), SIGKILL.
+    freeze it (SIGSTOP), let statements already sent settle, check it still holds
+    them (else thaw and try again), SIGKILL.
     """
     assert process.proc is not None
     conn = await asyncpg.connect(url, timeout=10)
     try:
+        deadline = time.monotonic() + 30
         for _ in range(20_000):  # bounded: at these rates leases show up within a second
+            if time.monotonic() > deadline:
+                break
             if await leases_of(conn, instance_id):
                 process.proc.send_signal(signal.SIGSTOP)
+                # A frozen process sends nothing new, but a COMMIT it sent just before
+                # the stop may still be landing at the server: let it land before
+                # reading, or a message completed by this instance counts as held.
+                await asyncio.sleep(0.3)
                 held = await leases_of(conn, instance_id)
                 if held:
                     process.kill()
