@@ -28,6 +28,7 @@ from typing import Any
 from bench.engine_proc import (
     DEFAULT_ENGINE_COMMAND,
     REPO_ROOT,
+    CpuMeter,
     EngineProcess,
     ProcessUnavailable,
     ServerProcess,
@@ -140,6 +141,28 @@ def _drive(
     )
 
 
+def _per_message_us(seconds: float, messages: int) -> float | None:
+    return round(seconds / messages * 1e6, 1) if messages else None
+
+
+def _drive_metered(
+    args: argparse.Namespace, target: str, port: int, connections: int, source: MessageSource, server_pid: int,
+    host: str = "127.0.0.1",
+) -> tuple[LoadResult, dict[str, Any]]:
+    """One run, plus the CPU the server (and its child processes) and this load generator used per ACK."""
+    meter = CpuMeter(server_pid)
+    own_before = time.process_time()
+    result = _drive(args, target, host, port, connections, source)
+    own_used = time.process_time() - own_before
+    server_used, children_used = meter.lap()
+    cpu = {
+        "server_cpu_us_per_msg": _per_message_us(server_used, result.accepted),
+        "children_cpu_us_per_msg": _per_message_us(children_used, result.accepted),
+        "loadgen_cpu_us_per_msg": _per_message_us(own_used, result.accepted),
+    }
+    return result, cpu
+
+
 def run_baseline(args: argparse.Namespace, target: str, source: MessageSource) -> dict[str, Any]:
     """Start a baseline server process and drive it at every C."""
     loop = "asyncio" if args.no_uvloop else "auto"
@@ -147,9 +170,11 @@ def run_baseline(args: argparse.Namespace, target: str, source: MessageSource) -
         with ServerProcess(BASELINE_MODULES[target], "--loop", loop) as server:
             runs = []
             for connections in args.connection_counts:
-                result = _drive(args, target, server.host, server.port, connections, source)
-                runs.append(result.to_json())
-                _progress(result)
+                result, cpu = _drive_metered(
+                    args, target, server.port, connections, source, server.pid, host=server.host
+                )
+                runs.append(result.to_json() | cpu)
+                _progress(result, cpu)
             return {"status": "ok", "uvloop": server.uvloop, "runs": runs}
     except ProcessUnavailable as error:
         return {"status": "unavailable", "reason": str(error), "runs": []}
@@ -170,9 +195,9 @@ def run_engine(args: argparse.Namespace, source: MessageSource) -> dict[str, Any
         section["ready_s"] = round(engine.wait_ready(), 3)
         section["end_to_end"] = measure_end_to_end(args, engine, source)
         for connections in args.connection_counts:
-            result = _drive(args, "engine", "127.0.0.1", engine.mllp_port, connections, source)
-            section["runs"].append(result.to_json())
-            _progress(result)
+            result, cpu = _drive_metered(args, "engine", engine.mllp_port, connections, source, engine.pid)
+            section["runs"].append(result.to_json() | cpu)
+            _progress(result, cpu)
         peak = engine.peak_rss_bytes()
         section["peak_rss_mb"] = round(peak / _MB, 1) if peak is not None else None
     except ProcessUnavailable as error:
@@ -199,6 +224,7 @@ def measure_end_to_end(args: argparse.Namespace, engine: EngineProcess, source: 
     """Delivered msgs/s from the first frame sent to the last Bundle line seen in the sink."""
     connections = max(args.connection_counts)
     before = engine.delivered()
+    meter = CpuMeter(engine.pid)
     started = time.perf_counter()
     load = run_sync(
         run_load(
@@ -216,6 +242,7 @@ def measure_end_to_end(args: argparse.Namespace, engine: EngineProcess, source: 
     load_done = time.perf_counter()
     count, last_seen = engine.wait_delivered(before + load.accepted, args.drain_timeout)
     delivered = count - before
+    main_used, workers_used = meter.lap()
     elapsed = max(last_seen - started, 1e-9)
     result = {
         "connections": connections,
@@ -225,6 +252,9 @@ def measure_end_to_end(args: argparse.Namespace, engine: EngineProcess, source: 
         "elapsed_s": round(elapsed, 3),
         "delivered_per_s": round(delivered / elapsed, 1),
         "sink_lag_s": round(max(last_seen - load_done, 0.0), 3),
+        # Everything the engine spent per delivered message: custody, mapping, delivery.
+        "engine_cpu_us_per_msg": _per_message_us(main_used, delivered),
+        "workers_cpu_us_per_msg": _per_message_us(workers_used, delivered),
         "ack_run": load.to_json(),
     }
     rate = result["delivered_per_s"]
@@ -232,10 +262,11 @@ def measure_end_to_end(args: argparse.Namespace, engine: EngineProcess, source: 
     return result
 
 
-def _progress(result: LoadResult) -> None:
+def _progress(result: LoadResult, cpu: dict[str, Any]) -> None:
     print(
         f"  {LABELS.get(result.target, result.target)} C={result.connections}: "
-        f"{result.msgs_per_s:,.0f} msgs/s, p99 {result.p99_ms:.2f} ms, errors {result.errors}",
+        f"{result.msgs_per_s:,.0f} msgs/s, p99 {result.p99_ms:.2f} ms, errors {result.errors}, "
+        f"server CPU {cpu['server_cpu_us_per_msg']} us/msg",
         file=sys.stderr,
         flush=True,
     )
@@ -270,7 +301,7 @@ def format_table(result: dict[str, Any]) -> str:
         "one message in flight per connection",
         "",
         f"{'target':<11}{'C':>5}{'msgs/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-        f"{'vs ack-only':>13}{'not AA/CA':>11}{'errors':>8}",
+        f"{'vs ack-only':>13}{'not AA/CA':>11}{'errors':>8}{'CPU us/msg':>12}",
     ]
     for name, section in result["targets"].items():
         label = LABELS.get(name, name)
@@ -283,6 +314,7 @@ def format_table(result: dict[str, Any]) -> str:
                 f"{run['p99_ms']:>9.2f}{run['max_ms']:>9.1f}"
                 f"{(f'{ratio:.1%}' if ratio is not None else '-'):>13}"
                 f"{run['rejected'] + run['mismatched']:>11}{run['errors']:>8}"
+                f"{_num(run.get('server_cpu_us_per_msg')):>12}"
             )
     lines.extend(_engine_lines(result["targets"].get("engine")))
     return "\n".join(lines)
@@ -300,6 +332,11 @@ def _engine_lines(engine: dict[str, Any] | None) -> list[str]:
             f"delivered in {e2e['elapsed_s']:.2f} s; sink lag after last ACK {e2e['sink_lag_s']:.2f} s"
             f"{'' if e2e['complete'] else '; INCOMPLETE'})"
         )
+        if e2e.get("engine_cpu_us_per_msg") is not None:
+            lines.append(
+                f"engine CPU per delivered message: {_num(e2e['engine_cpu_us_per_msg'])} us in the engine process"
+                f" + {_num(e2e.get('workers_cpu_us_per_msg'))} us in stage workers"
+            )
     for run in engine.get("runs", []):
         if run.get("ratio_vs_python_hl7") is not None:
             lines.append(f"engine C={run['connections']}: {run['ratio_vs_python_hl7']:.1f}x python-hl7")

@@ -214,6 +214,11 @@ class EngineProcess:
                 self.argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=_child_env()
             )
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def wait_ready(self, timeout_s: float = 30.0) -> float:
         """Poll GET /readyz until 200; returns seconds taken. Raises if it dies or times out."""
         assert self.process is not None
@@ -307,6 +312,44 @@ def _vm_hwm_bytes(pid: int) -> int | None:
     except psutil.Error:
         return None
     return rss
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds one process has used so far (/proc/<pid>/stat; Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name (which may hold spaces): utime is the
+    # 14th field of the line, stime the 15th, both in clock ticks.
+    fields = stat.rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+class CpuMeter:
+    """CPU seconds used by a process (and, separately, its descendants) between two reads.
+
+    CPU per message is what a benchmark on a shared 2-core box can still measure
+    honestly when other load makes wall-clock rates move: it does not depend on
+    who else got the cores. Descendants that exit between reads are not counted.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._main, self._children = self._read()
+
+    def _read(self) -> tuple[float, dict[int, float]]:
+        children = {child: cpu_seconds(child) for child in descendants(self.pid)}
+        return cpu_seconds(self.pid) or 0.0, {k: v for k, v in children.items() if v is not None}
+
+    def lap(self) -> tuple[float, float]:
+        """(main process, descendants) CPU seconds since the previous lap; starts the next."""
+        main, children = self._read()
+        main_used = main - self._main
+        children_used = sum(used - self._children.get(pid, 0.0) for pid, used in children.items())
+        self._main, self._children = main, children
+        return main_used, children_used
 
 
 def descendants(pid: int) -> list[int]:

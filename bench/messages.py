@@ -61,72 +61,139 @@ def _msh(message_type: str, control_id: str, sending_app: str) -> str:
     )
 
 
-_ADDRESS = "41 Quarry Lane^Apt 3B^Millbrook^NY^12545^USA^H"
+@dataclass(frozen=True, slots=True)
+class SyntheticPatient:
+    """The per-patient fields of the benchmark ADT: fictional, generated, never real people."""
 
-#: A typical admission with one insurance (ADT^A01 + IN1), about 860 bytes.
-ADT_A01_WITH_IN1: str = _message(
-    _msh("ADT^A01^ADT_A01", "BENCH0000000001", "REGADT"),
-    _segment(
-        "EVN",
-        {
-            2: "20240502101500-0500",  # EVN-2 recorded date/time
-        },
-    ),
-    _segment(
-        "PID",
-        {
-            1: "1",  # PID-1 set id
-            3: "MRN4471920^^^GOODHEALTH^MR",  # PID-3 identifiers
-            5: "Bexley^Marguerite^Anne^^Ms.^^L",  # PID-5 patient name
-            7: "19780914",  # PID-7 date of birth
-            8: "F",  # PID-8 administrative sex
-            11: _ADDRESS,  # PID-11 address
-            13: "^PRN^PH^^1^845^5550172~^NET^Internet^m.bexley@example.org",  # PID-13 home phone
-            15: "en^English^ISO639",  # PID-15 primary language
-            16: "M^Married^HL70002",  # PID-16 marital status
-        },
-    ),
-    _segment(
-        "NK1",
-        {
-            1: "1",  # NK1-1 set id
-            2: "Bexley^Thomas^R",  # NK1-2 name
-            3: "SPO^Spouse^HL70063",  # NK1-3 relationship
-            4: _ADDRESS,  # NK1-4 address
-        },
-    ),
-    _segment(
-        "PV1",
-        {
-            1: "1",  # PV1-1 set id
-            2: "I",  # PV1-2 patient class
-            3: "3W^312^B^GOODHEALTH",  # PV1-3 assigned location
-            7: "1174^Okafor^Chidi^^^Dr.^MD",  # PV1-7 attending doctor
-            10: "MED",  # PV1-10 hospital service
-            19: "V88213405^^^GOODHEALTH^VN",  # PV1-19 visit number
-            44: "20240502101000-0500",  # PV1-44 admit date/time
-        },
-    ),
-    _segment(
-        "IN1",
-        {
-            1: "1",  # IN1-1 set id
-            2: "PPO-GOLD^Empire Gold PPO^L",  # IN1-2 health plan id
-            3: "EMP7731^^^NAIC^NIIP",  # IN1-3 insurance company id
-            4: "Empire Plan Mutual",  # IN1-4 insurance company name
-            5: "PO Box 4120^^Albany^NY^12204^USA",  # IN1-5 company address
-            7: "^WPN^PH^^1^800^5550111",  # IN1-7 company phone
-            8: "GRP-40977",  # IN1-8 group number
-            9: "Millbrook Tool Works",  # IN1-9 group name
-            12: "20240101",  # IN1-12 plan effective date
-            13: "20241231",  # IN1-13 plan expiration date
-            16: "Bexley^Marguerite^Anne",  # IN1-16 name of insured
-            17: "SEL^Self^HL70063",  # IN1-17 insured's relationship to patient
-            18: "19780914",  # IN1-18 insured's date of birth
-            36: "XQP882301557",  # IN1-36 policy number
-        },
-    ),
+    mrn: str
+    family: str
+    given: str
+    middle: str
+    spouse: str
+    birth_date: str  # YYYYMMDD
+    house: int
+    phone: str  # 7 digits
+    visit: str
+    policy: str
+    admitted: str  # YYYYMMDDHHMMSS, local time of the sender (offset added in the message)
+
+
+#: The first patient is the one the single-message benchmarks and tests have always used.
+FIRST_PATIENT = SyntheticPatient(
+    mrn="MRN4471920", family="Bexley", given="Marguerite", middle="Anne", spouse="Thomas",
+    birth_date="19780914", house=41, phone="5550172", visit="V88213405", policy="XQP882301557",
+    admitted="20240502101000",
 )
+
+_FAMILIES = ("Bexley", "Okonkwo", "Lindqvist", "Ferreira", "Nakamura", "Dubois", "Kowalski", "Haddad",
+             "Abernathy", "Castellano", "Moreau", "Szabo", "Whitfield", "Varga", "Ibarra", "Thornbury")
+_GIVENS = ("Marguerite", "Ezekiel", "Ingrid", "Tomasz", "Yara", "Desmond", "Oluwaseun", "Priya",
+           "Leopold", "Camila", "Henrik", "Noor", "Augustin", "Wren", "Matthias", "Rosalind")
+
+
+def synthetic_patient(number: int) -> SyntheticPatient:
+    """Patient `number` of a deterministic population (0 is FIRST_PATIENT).
+
+    Names, identifiers, dates and numbers all vary with `number`, so per-message work
+    (and any cache a mapper or validator keeps) sees what a real feed shows: each
+    admission a different patient, the same hospital, wards and doctors.
+    """
+    if number == 0:
+        return FIRST_PATIENT
+    family = _FAMILIES[number % len(_FAMILIES)]
+    given = _GIVENS[(number // len(_FAMILIES)) % len(_GIVENS)]
+    middle = _GIVENS[(number * 7 + 3) % len(_GIVENS)]
+    spouse = _GIVENS[(number * 11 + 5) % len(_GIVENS)]
+    year = 1930 + number % 90
+    month = 1 + number % 12
+    day = 1 + number % 28
+    return SyntheticPatient(
+        mrn=f"MRN{4471920 + number * 37:07d}",
+        family=family,
+        given=given,
+        middle=middle,
+        spouse=spouse,
+        birth_date=f"{year:04d}{month:02d}{day:02d}",
+        house=1 + number % 240,
+        phone=f"555{number % 10000:04d}",
+        visit=f"V{88213405 + number * 13:08d}",
+        policy=f"XQP{882301557 + number * 101:09d}",
+        admitted=f"202405{1 + number % 28:02d}{number % 24:02d}{number % 60:02d}00",
+    )
+
+
+def adt_a01_with_in1(patient: SyntheticPatient = FIRST_PATIENT) -> str:
+    """A typical admission with one insurance (ADT^A01 + IN1), about 860 bytes."""
+    address = f"{patient.house} Quarry Lane^Apt 3B^Millbrook^NY^12545^USA^H"
+    return _message(
+        _msh("ADT^A01^ADT_A01", "BENCH0000000001", "REGADT"),
+        _segment(
+            "EVN",
+            {
+                2: "20240502101500-0500",  # EVN-2 recorded date/time
+            },
+        ),
+        _segment(
+            "PID",
+            {
+                1: "1",  # PID-1 set id
+                3: f"{patient.mrn}^^^GOODHEALTH^MR",  # PID-3 identifiers
+                5: f"{patient.family}^{patient.given}^{patient.middle}^^Ms.^^L",  # PID-5 patient name
+                7: patient.birth_date,  # PID-7 date of birth
+                8: "F",  # PID-8 administrative sex
+                11: address,  # PID-11 address
+                # PID-13 home phone and e-mail
+                13: f"^PRN^PH^^1^845^{patient.phone}~^NET^Internet^{patient.given[0].lower()}."
+                f"{patient.family.lower()}@example.org",
+                15: "en^English^ISO639",  # PID-15 primary language
+                16: "M^Married^HL70002",  # PID-16 marital status
+            },
+        ),
+        _segment(
+            "NK1",
+            {
+                1: "1",  # NK1-1 set id
+                2: f"{patient.family}^{patient.spouse}^R",  # NK1-2 name
+                3: "SPO^Spouse^HL70063",  # NK1-3 relationship
+                4: address,  # NK1-4 address
+            },
+        ),
+        _segment(
+            "PV1",
+            {
+                1: "1",  # PV1-1 set id
+                2: "I",  # PV1-2 patient class
+                3: "3W^312^B^GOODHEALTH",  # PV1-3 assigned location
+                7: "1174^Okafor^Chidi^^^Dr.^MD",  # PV1-7 attending doctor
+                10: "MED",  # PV1-10 hospital service
+                19: f"{patient.visit}^^^GOODHEALTH^VN",  # PV1-19 visit number
+                44: f"{patient.admitted}-0500",  # PV1-44 admit date/time
+            },
+        ),
+        _segment(
+            "IN1",
+            {
+                1: "1",  # IN1-1 set id
+                2: "PPO-GOLD^Empire Gold PPO^L",  # IN1-2 health plan id
+                3: "EMP7731^^^NAIC^NIIP",  # IN1-3 insurance company id
+                4: "Empire Plan Mutual",  # IN1-4 insurance company name
+                5: "PO Box 4120^^Albany^NY^12204^USA",  # IN1-5 company address
+                7: "^WPN^PH^^1^800^5550111",  # IN1-7 company phone
+                8: "GRP-40977",  # IN1-8 group number
+                9: "Millbrook Tool Works",  # IN1-9 group name
+                12: "20240101",  # IN1-12 plan effective date
+                13: "20241231",  # IN1-13 plan expiration date
+                16: f"{patient.family}^{patient.given}^{patient.middle}",  # IN1-16 name of insured
+                17: "SEL^Self^HL70063",  # IN1-17 insured's relationship to patient
+                18: patient.birth_date,  # IN1-18 insured's date of birth
+                36: patient.policy,  # IN1-36 policy number
+            },
+        ),
+    )
+
+
+#: The first patient's admission: the single message of convert_bench and the tests.
+ADT_A01_WITH_IN1: str = adt_a01_with_in1()
 
 # (LOINC code, display, value, unit, reference range, abnormal flag): a CBC and a
 # basic metabolic panel, 20 results in all.
@@ -299,9 +366,17 @@ class MessageSource:
         return sum(t.size for t in self.templates) / len(self.templates)
 
 
-def builtin_templates() -> list[Template]:
-    """The ADT^A01 with IN1 as a one-template mix (the default benchmark load)."""
-    return [Template.from_bytes("adt_a01_in1", ADT_A01_WITH_IN1.encode("ascii"))]
+#: Patients in the default load: enough that no per-value cache is warm for every
+#: message, few enough to build in milliseconds.
+POPULATION = 1000
+
+
+def builtin_templates(population: int = POPULATION) -> list[Template]:
+    """The ADT^A01 with IN1 (the default benchmark load), one template per patient."""
+    return [
+        Template.from_bytes(f"adt_a01_in1#{n}", adt_a01_with_in1(synthetic_patient(n)).encode("ascii"))
+        for n in range(population)
+    ]
 
 
 # ----------------------------------------------------------------- corpus

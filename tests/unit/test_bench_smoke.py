@@ -52,6 +52,17 @@ class TestMessages:
         assert str(message.segment("MSH")[9]) == "ADT^A01^ADT_A01"
         assert len(message.segments("IN1")) == 1
 
+    def test_default_load_is_a_population_of_patients(self) -> None:
+        """Every built-in template is a different patient at the same hospital: caches see a real feed."""
+        templates = builtin_templates(200)
+        parsed = [hl7.parse(t.render(b"X").decode("ascii")) for t in templates]
+        assert 200 == len({str(m.segment("PID")[3]) for m in parsed})
+        assert 200 == len({str(m.segment("IN1")[36]) for m in parsed})
+        assert len({str(m.segment("PID")[5]) for m in parsed}) > 100
+        assert {str(m.segment("PV1")[7]) for m in parsed} == {"1174^Okafor^Chidi^^^Dr.^MD"}
+        assert all(820 <= t.size - 16 + len("BENCH0000000001") <= 900 for t in templates)
+        assert templates[0].render(b"BENCH0000000001").decode("ascii") == ADT_A01_WITH_IN1
+
     def test_oru_has_twenty_obx(self) -> None:
         """The built-in ORU^R01 carries 20 OBX segments numbered 1..20."""
         observations = hl7.parse(ORU_R01_20_OBX).segments("OBX")
