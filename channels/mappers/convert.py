@@ -103,5 +103,5 @@ def convert_message(text: str, options: MappingOptions | Settings) -> Conversion
         unmapped.append((message.segment_list[position].id, str(number)))
     bundle = builder.build()
     if settings.validate:
-        validate_bundle(bundle, settings.fhir_version)
+        validate_bundle(bundle, settings.fhir_version, settings.validator)
     return ConversionResult(bundle, list(dict.fromkeys(unmapped)))
