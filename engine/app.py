@@ -112,7 +112,7 @@ def plan_reload(old: EngineConfig, new: EngineConfig) -> dict[str, list[str]]:
     """What a reload from `old` to `new` would do, channel by channel (by config hash)."""
     before = {c.name: c for c in old.channels}
     after = {c.name: c for c in new.channels}
-    restart = [section for section in ("store", "admin", "logging", "workers", "encryption")
+    restart = [section for section in ("store", "admin", "logging", "workers", "workers_nice", "encryption")
                if getattr(old, section) != getattr(new, section)]
     return {
         "added": sorted(after.keys() - before.keys()),
@@ -138,7 +138,7 @@ class Engine:
         self.store: Store = open_engine_store(config)
         self.channels: dict[str, ChannelRuntime] = {}
         workers = resolve_workers(config.workers)
-        self.pool: WorkerPool | None = WorkerPool(workers) if workers > 0 else None
+        self.pool: WorkerPool | None = WorkerPool(workers, config.workers_nice) if workers > 0 else None
         self.admin: AdminServer | None = None
         self._ready = False
         self._draining = False

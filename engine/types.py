@@ -264,21 +264,36 @@ class Exchange:
     worker processes send back only the JSON, so the engine process never re-serialises.
     """
 
-    __slots__ = ("_output", "_output_json", "message", "properties", "text")
+    __slots__ = ("_output", "_output_json", "_text", "message", "properties")
 
     def __init__(
         self,
         message: StoredMessage,
-        text: str,
+        text: str | None = None,
         output: dict[str, Any] | None = None,
         properties: dict[str, Any] | None = None,
         output_json: bytes | None = None,
     ) -> None:
         self.message = message
-        self.text = text  # decoded message text, segment terminators as received
+        self._text = text
         self.properties: dict[str, Any] = properties if properties is not None else {}
         self._output = output
         self._output_json = output_json
+
+    @property
+    def text(self) -> str:
+        """The decoded message text, segment terminators as received.
+
+        Decoded from the stored bytes on first use when not given: after stages ran in a
+        worker process most sinks only write the output, and need no text at all.
+        """
+        if self._text is None:
+            self._text = self.message.text()
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self._text = value
 
     @property
     def output(self) -> dict[str, Any] | None:

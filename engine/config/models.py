@@ -890,6 +890,10 @@ class EngineConfig(_Model):
     workers: int | Literal["auto"] = "auto"
     """Processes that run the channels' stages (mapping), so conversion uses other cores while
     the listener keeps answering. 0 runs stages in the engine process; auto = CPU count - 1."""
+    workers_nice: int = Field(default=10, ge=0, le=19)
+    """Niceness added to the stage worker processes: when the cores are busy the kernel
+    favours the engine process (store, then ACK) over mapping, which works off the durable
+    queue. 0 gives workers the same priority as the listener."""
     encryption: EncryptionConfig | None = None
     """Encrypt stored message bytes at rest (AES-256-GCM); omit to store them as received."""
 

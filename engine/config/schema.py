@@ -79,7 +79,7 @@ def build_schemas(registry: Registry) -> dict[str, dict[str, Any]]:
     """File name -> JSON Schema, for the engine file and for an included channel file."""
     engine, channel = schema_models(registry)
     engine_schema = engine.model_json_schema(mode="validation")
-    channel_schema = TypeAdapter(channel | list[channel]).json_schema(mode="validation")  # type: ignore[valid-type]
+    channel_schema = TypeAdapter(channel | list[channel]).json_schema(mode="validation")  # type: ignore[valid-type,arg-type]
     return {
         ENGINE_SCHEMA: {
             "$schema": SCHEMA_DIALECT,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from prometheus_client import Counter, Histogram
 
 from engine.obs import metrics
 from engine.pipeline.workers import InlineExecutor, StageExecutor, StageOutcome, failure_reason
@@ -85,6 +86,9 @@ class Runner:
         self._task: asyncio.Task[None] | None = None
         self._blocked_streak = 0
         self.processed = 0
+        # Metric children by label, bound once: a labels() lookup per message adds up.
+        self._bound_sink_metrics: dict[str, tuple[Counter, Histogram]] = {}
+        self._stage_latency: dict[str, Histogram] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -178,8 +182,9 @@ class Runner:
                 metrics.PROCESSED.labels(self.channel, "filtered").inc()
                 self.processed += 1
             else:
-                text = outcome.text if outcome.text is not None else message.text()
-                exchange = Exchange(message=message, text=text, output=outcome.output,
+                # outcome.text is None unless a stage changed the text: then it is decoded
+                # from the stored bytes only if a sink asks for it.
+                exchange = Exchange(message=message, text=outcome.text, output=outcome.output,
                                     output_json=outcome.output_json)
                 exchange.properties["unmapped"] = outcome.unmapped
                 exchanges.append(exchange)
@@ -204,12 +209,13 @@ class Runner:
                             error_type=exc.__class__.__name__)
                 results = [TransientError(failure_reason(exc))] * len(pending)
             now = time.time()
+            delivered, latency = self._sink_metrics(sink.name)
+            delivered_count = 0
             for exchange, result in zip(pending, results, strict=True):
                 message = exchange.message
                 if result is None:
-                    metrics.DELIVERIES.labels(self.channel, sink.name, "ok").inc()
-                    metrics.DELIVERY_LATENCY.labels(self.channel, sink.name).observe(
-                        max(0.0, now - message.received_at))
+                    delivered_count += 1
+                    latency.observe(max(0.0, now - message.received_at))
                     if len(self._sinks) > 1:  # with one sink, `complete` records it
                         await self._store.mark_sink_done(message.id, sink.name)
                     message.sinks_done = message.sinks_done | {sink.name}
@@ -219,6 +225,8 @@ class Runner:
                     kind = "permanent" if isinstance(result, PermanentError) else "transient"
                     metrics.DELIVERIES.labels(self.channel, sink.name, kind).inc()
                     failed[message.id] = result  # type: ignore[assignment]
+            if delivered_count:
+                delivered.inc(delivered_count)
         # Issued together so the store commits them in one transaction (one fsync).
         updates: list[Coroutine[Any, Any, None]] = []
         done: list[int] = []
@@ -240,9 +248,21 @@ class Runner:
             updates.append(self._store.unlease(sorted(held_back)))
         await asyncio.gather(*updates)
 
+    def _sink_metrics(self, sink: str) -> tuple[Counter, Histogram]:
+        """The sink's ok-delivery counter and latency histogram, label lookups done once."""
+        bound = self._bound_sink_metrics.get(sink)
+        if bound is None:
+            bound = (metrics.DELIVERIES.labels(self.channel, sink, "ok"),
+                     metrics.DELIVERY_LATENCY.labels(self.channel, sink))
+            self._bound_sink_metrics[sink] = bound
+        return bound
+
     def _observe(self, outcome: StageOutcome) -> None:
         for stage_name, seconds in outcome.timings:
-            metrics.STAGE_LATENCY.labels(self.channel, stage_name).observe(seconds)
+            histogram = self._stage_latency.get(stage_name)
+            if histogram is None:
+                histogram = self._stage_latency[stage_name] = metrics.STAGE_LATENCY.labels(self.channel, stage_name)
+            histogram.observe(seconds)
         for segment, field_no in outcome.unmapped:
             metrics.FIELDS_UNMAPPED.labels(self.channel, segment, field_no).inc()
 

@@ -7,26 +7,28 @@ share `apply_stages`, so a message gets the same outcome wherever it runs.
 
 Workers rebuild a channel's stages from its plugin configs once per channel version and
 keep them; only the raw message goes over, and only the outcome comes back (the Bundle
-as a dict, the unmapped field list, or a PHI-free failure reason).
+as JSON, the unmapped field list, or a PHI-free failure reason). Workers are plain
+child processes spoken to over pipes (engine/pipeline/worker_main.py says why).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import dataclasses
 import math
-import multiprocessing
 import os
-import threading
+import pickle
+import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
+from engine.pipeline.worker_main import HEADER as FRAME_HEADER
+from engine.pipeline.worker_main import encode as encode_frame
 from engine.types import (
     EngineError,
     Exchange,
@@ -153,7 +155,8 @@ def _stages_for(spec: ChannelSpec) -> list[Stage]:
 WireMessage = tuple[int, str, bytes, float, str, str]  # id, channel, raw, received_at, charset, version
 
 
-def _run_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome]:
+def work_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome]:
+    """Run a channel's stages over a chunk, in the worker process (engine/pipeline/worker_main.py)."""
     stages = _stages_for(spec)
     outcomes = []
     for message_id, channel, raw, received_at, charset, version in chunk:
@@ -167,23 +170,7 @@ def _run_chunk(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome
     return outcomes
 
 
-def _exit_with_parent(parent_pid: int) -> None:
-    """Worker initializer: leave when the engine process is gone.
-
-    A SIGKILLed engine cannot shut its pool down; without this its workers would live on
-    as orphans, each holding the mapping code in memory, one set per crash.
-    """
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent_pid:
-                os._exit(0)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def _warm_up() -> int:
+def warm_up() -> int:
     """Import the mapping code once per worker, before the first message needs it."""
     import channels.mappers.convert  # noqa: F401 - imported for its side effect of loading
     from engine.registry import stage_registry
@@ -201,48 +188,151 @@ def resolve_workers(setting: int | str) -> int:
     return int(setting)
 
 
+class WorkerDied(Exception):
+    """The worker process ended (or its pipe broke) before it replied."""
+
+
+class _Worker:
+    """One `python -m engine.pipeline.worker_main` process and its two pipe ends."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        assert process.stdin is not None and process.stdout is not None
+        self._requests = process.stdin
+        self._replies = process.stdout
+
+    @classmethod
+    async def spawn(cls, nice: int, ready_timeout_s: float) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.pipeline.worker_main", "--nice", str(nice),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=_READ_LIMIT,
+        )
+        worker = cls(process)
+        try:
+            kind, _ = await asyncio.wait_for(worker._read(), ready_timeout_s)
+        except BaseException:
+            await worker.kill()
+            raise
+        if kind != "ready":
+            await worker.kill()
+            raise WorkerDied("worker did not announce itself")
+        return worker
+
+    async def call(self, spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome]:
+        self._requests.write(encode_frame((spec, chunk)))
+        try:
+            await self._requests.drain()
+        except (ConnectionError, BrokenPipeError) as exc:
+            raise WorkerDied("worker pipe closed") from exc
+        kind, value = await self._read()
+        if kind == "ok":
+            return cast(list[StageOutcome], value)
+        raise RuntimeError(f"stage worker failed: {value}")
+
+    async def _read(self) -> tuple[str, Any]:
+        try:
+            header = await self._replies.readexactly(FRAME_HEADER.size)
+            (size,) = FRAME_HEADER.unpack(header)
+            payload = await self._replies.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise WorkerDied("worker ended before replying") from exc
+        reply = pickle.loads(payload)  # noqa: S301 - our own child process, over a private pipe
+        return cast(tuple[str, Any], reply)
+
+    async def close(self, timeout_s: float) -> None:
+        """End of input tells the worker to exit; kill it if it has not within `timeout_s`."""
+        with contextlib.suppress(Exception):
+            self._requests.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout_s)
+        except TimeoutError:
+            await self.kill()
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        with contextlib.suppress(Exception):
+            self._requests.close()
+        await self.process.wait()
+
+
+_READ_LIMIT = 1 << 20  # StreamReader buffer; replies are read with readexactly, so any size fits
+
+
 class WorkerPool:
-    """One process pool shared by every channel; recreated if a worker dies."""
+    """Stage worker processes shared by every channel; a worker that dies is replaced.
 
-    def __init__(self, workers: int) -> None:
+    Each worker takes one chunk at a time (engine/pipeline/worker_main.py has the
+    protocol). A chunk whose worker died, or whose caller was cancelled mid-call (the
+    worker's reply would then be read by the wrong caller), costs that worker: it is
+    killed and a fresh one started, and the caller hears TransientError, so the runner
+    retries the batch.
+    """
+
+    def __init__(self, workers: int, nice: int = 0, ready_timeout_s: float = 120.0) -> None:
         self.workers = workers
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-
-    def _ensure(self) -> concurrent.futures.ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn, not fork: the engine process runs threads (the store's writer)
-            # and an event loop, neither of which survives a fork safely.
-            context = multiprocessing.get_context("spawn")
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context,
-                initializer=_exit_with_parent, initargs=(os.getpid(),),
-            )
-        return self._pool
+        self.nice = nice
+        self._ready_timeout_s = ready_timeout_s
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._all: set[_Worker] = set()
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     async def start(self) -> None:
-        pool = self._ensure()
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*(loop.run_in_executor(pool, _warm_up) for _ in range(self.workers)))
-        log.info("workers_started", workers=self.workers)
+        started = await asyncio.gather(*(self._spawn() for _ in range(self.workers)))
+        log.info("workers_started", workers=len(started), nice=self.nice)
+
+    async def _spawn(self) -> _Worker:
+        worker = await _Worker.spawn(self.nice, self._ready_timeout_s)
+        self._all.add(worker)
+        self._idle.put_nowait(worker)
+        return worker
 
     async def submit(self, spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome]:
-        loop = asyncio.get_running_loop()
+        if self._closed:
+            raise TransientError("stage workers are shutting down")
+        worker = await self._idle.get()
+        healthy = False
         try:
-            return await loop.run_in_executor(self._ensure(), _run_chunk, spec, chunk)
-        except BrokenProcessPool:
-            log.error("worker_pool_broken", note="a worker process died; the pool is restarted")
-            self._replace()
+            result = await worker.call(spec, chunk)
+            healthy = True
+            return result
+        except WorkerDied:
+            log.error("worker_died", pid=worker.process.pid, returncode=worker.process.returncode,
+                      note="a stage worker process ended; it is replaced and the batch retried")
             raise TransientError("stage worker process died; batch will be retried") from None
+        finally:
+            if healthy:
+                self._idle.put_nowait(worker)
+            else:
+                # Also on cancellation: a reply may still be on its way, and the next
+                # caller must not read it. Replaced in the background, so a cancelled
+                # caller (the runner stopping) is not held up by a worker's start-up.
+                self._all.discard(worker)
+                task = asyncio.get_running_loop().create_task(self._replace(worker))
+                self._replacing.add(task)
+                task.add_done_callback(self._replacing.discard)
 
-    def _replace(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+    async def _replace(self, worker: _Worker) -> None:
+        await worker.kill()
+        delay = 1.0
+        while not self._closed:
+            try:
+                await self._spawn()
+                return
+            except Exception as exc:  # e.g. out of memory: try again, callers wait meanwhile
+                log.error("worker_spawn_failed", error_type=type(exc).__name__, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
-    async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.to_thread(pool.shutdown, True, cancel_futures=True)
+    async def close(self, timeout_s: float = 10.0) -> None:
+        self._closed = True
+        for task in list(self._replacing):
+            task.cancel()
+        await asyncio.gather(*self._replacing, return_exceptions=True)
+        workers, self._all = list(self._all), set()
+        await asyncio.gather(*(w.close(timeout_s) for w in workers), return_exceptions=True)
 
 
 class PoolExecutor:

@@ -133,9 +133,13 @@ class LeasePlanner:
     def feed(self, rows: Iterable[LeaseCandidate]) -> None:
         """Consider `rows` (ascending id, after every row fed before)."""
         for row in rows:
+            if self.full:
+                # Nothing later can be chosen, and blocking more keys changes nothing: stop
+                # here, so the backend converts no more rows (a window is limit x 8 rows).
+                return
             if row.ordering_key in self._blocked:
                 continue
-            if self.is_due(row) and not self.full:
+            if self.is_due(row):
                 self._chosen.append(row.id)
             else:
                 self._blocked.add(row.ordering_key)

@@ -36,7 +36,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -501,7 +501,7 @@ def _to_message(row: tuple[Any, ...]) -> StoredMessage:
         channel=row[1],
         raw=bytes(row[2]),
         received_at=row[3],
-        status=Status(row[4]),
+        status=_STATUS[row[4]],
         attempts=row[5],
         sender=row[6],
         control_id=row[7],
@@ -599,6 +599,9 @@ def _ingest(conn: sqlite3.Connection, items: Sequence[Inbound], now: float) -> l
     return final
 
 
+_STATUS = {status.value: status for status in Status}  # a dict lookup, not an Enum call, per row
+
+
 def _lease(conn: sqlite3.Connection, channel: str, limit: int, now: float) -> list[StoredMessage]:
     if limit <= 0:
         return []
@@ -614,15 +617,26 @@ def _lease(conn: sqlite3.Connection, channel: str, limit: int, now: float) -> li
             exclude = f" AND ordering_key NOT IN ({_placeholders(len(blocked))})"
         else:
             blocked = []
-        rows = conn.execute(
+        cursor = conn.execute(
             "SELECT id, ordering_key, status, next_attempt_at FROM messages INDEXED BY ix_messages_unfinished"  # noqa: S608
             f" WHERE channel = ? AND {_UNFINISHED_SQL} AND id > ?{exclude} ORDER BY id LIMIT ?",
             (channel, after_id, *blocked, window),
-        ).fetchall()
-        planner.feed(LeaseCandidate(r[0], r[1], Status(r[2]), r[3]) for r in rows)
-        if planner.full or len(rows) < window:
+        )
+        # Rows are stepped out of SQLite only as the planner asks for them: once it is
+        # full, the rest of the window is never read (usually most of it).
+        seen = [0, after_id]  # rows read, last id read
+
+        def candidates(rows: sqlite3.Cursor, seen: list[int] = seen) -> Iterator[LeaseCandidate]:
+            for row in rows:
+                seen[0] += 1
+                seen[1] = row[0]
+                yield LeaseCandidate(row[0], row[1], _STATUS[row[2]], row[3])
+
+        planner.feed(candidates(cursor))
+        cursor.close()
+        if planner.full or seen[0] < window:
             break
-        after_id = rows[-1][0]
+        after_id = seen[1]
     leased: list[StoredMessage] = []
     for ids in chunked(planner.chosen, ID_CHUNK):
         rows = conn.execute(

@@ -342,7 +342,7 @@ class TestWorkerProcesses:
         while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         alive = [c for c in children if Path(f"/proc/{c}").exists()
-                 and "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
+                 and "worker_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")]
         assert [] == alive
 
 
