@@ -48,11 +48,12 @@ class MappingOptions(BaseModel):
         default=None, description="Segment ids to map; None maps every supported segment."
     )
     validate_output: bool = Field(
-        default=False,
+        default=True,
         alias="validate",
         description=(
             "Validate every Bundle against the fhir.resources models before it leaves the mapper; "
-            "an invalid Bundle dead-letters the message (see `validator`)."
+            "an invalid Bundle dead-letters the message (see `validator`). On by default: the "
+            "compiled validator costs ~0.3 ms per ADT message, less than a FHIR server's rejection."
         ),
     )
     validator: OutputValidator = Field(

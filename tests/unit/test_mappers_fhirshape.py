@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +27,8 @@ from channels.mappers.options import MappingOptions
 from engine.types import MappingError
 from tests.corpus import harness
 from tests.support import corpus as corpus_support
+
+T = TypeVar("T")
 
 VERSIONS = ("R4B", "R5")
 Reference = list[tuple[tuple[Any, ...], str]]
@@ -101,18 +103,31 @@ def _primitive_nodes(bundle: dict[str, Any]) -> list[Node]:
     return [(c, k) for c, k in nodes(bundle) if isinstance(c, dict) and isinstance(c[k], str | bool | int | float)]
 
 
+def _pick(data: st.DataObject, items: Sequence[T]) -> T | None:
+    """One of `items`, or None when an earlier mutation left nothing of that kind."""
+    return data.draw(st.sampled_from(items)) if items else None
+
+
 def _delete_key(bundle: dict[str, Any], data: st.DataObject) -> None:
-    container, key = data.draw(st.sampled_from([n for n in nodes(bundle) if isinstance(n[0], dict)]))
+    picked = _pick(data, [n for n in nodes(bundle) if isinstance(n[0], dict)])
+    if picked is None:
+        return
+    container, key = picked
     del container[key]
 
 
 def _unknown_key(bundle: dict[str, Any], data: st.DataObject) -> None:
-    target = data.draw(st.sampled_from(objects(bundle)))
+    target = _pick(data, objects(bundle))
+    if target is None:
+        return
     target[data.draw(st.sampled_from(["unknownElement", "_", "valueFoo", "resource_Type"]))] = "x"
 
 
 def _wrong_primitive(bundle: dict[str, Any], data: st.DataObject) -> None:
-    container, key = data.draw(st.sampled_from(_primitive_nodes(bundle)))
+    picked = _pick(data, _primitive_nodes(bundle))
+    if picked is None:
+        return
+    container, key = picked
     container[key] = data.draw(
         st.sampled_from([None, "", " ", 0, -1, 2**40, 1.5, True, "false", [], {}, ["x"], "2020-13-45", "not a date"])
     )
@@ -131,7 +146,10 @@ def _bad_date(bundle: dict[str, Any], data: st.DataObject) -> None:
 
 
 def _wrap_or_unwrap(bundle: dict[str, Any], data: st.DataObject) -> None:
-    container, key = data.draw(st.sampled_from([n for n in nodes(bundle) if isinstance(n[0], dict)]))
+    picked = _pick(data, [n for n in nodes(bundle) if isinstance(n[0], dict)])
+    if picked is None:
+        return
+    container, key = picked
     value = container[key]
     container[key] = value[0] if isinstance(value, list) and value else [value]
 
@@ -148,12 +166,18 @@ def _two_choices(bundle: dict[str, Any], data: st.DataObject) -> None:
 
 
 def _empty_value(bundle: dict[str, Any], data: st.DataObject) -> None:
-    container, key = data.draw(st.sampled_from(list(nodes(bundle))))
+    picked = _pick(data, list(nodes(bundle)))
+    if picked is None:
+        return
+    container, key = picked
     container[key] = data.draw(st.sampled_from([{}, [], "", None, [None], [{}]]))
 
 
 def _primitive_extension(bundle: dict[str, Any], data: st.DataObject) -> None:
-    container, key = data.draw(st.sampled_from(_primitive_nodes(bundle)))
+    picked = _pick(data, _primitive_nodes(bundle))
+    if picked is None:
+        return
+    container, key = picked
     if isinstance(key, str) and key not in ("resourceType",):
         extension = data.draw(st.sampled_from([EXTENSION, {}, {"id": "a"}, {"extension": []}, None]))
         container["_" + key] = copy.deepcopy(extension)  # later mutations may edit it
@@ -162,13 +186,18 @@ def _primitive_extension(bundle: dict[str, Any], data: st.DataObject) -> None:
 
 
 def _resource_type(bundle: dict[str, Any], data: st.DataObject) -> None:
-    target = data.draw(st.sampled_from([o for o in objects(bundle) if "resourceType" in o]))
+    target = _pick(data, [o for o in objects(bundle) if "resourceType" in o])
+    if target is None:
+        return
     target["resourceType"] = data.draw(st.sampled_from(["Patient", "Observation", "HumanName", "Resource", "Bundle"]))
 
 
 def _null_in_list(bundle: dict[str, Any], data: st.DataObject) -> None:
     lists = [(c, k) for c, k in nodes(bundle) if isinstance(c[k], list) and c[k]]
-    container, key = data.draw(st.sampled_from(lists))
+    picked = _pick(data, lists)
+    if picked is None:
+        return
+    container, key = picked
     container[key].insert(data.draw(st.integers(0, len(container[key]))), None)
 
 
