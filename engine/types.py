@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from engine.jsonbytes import compact_json
+
 
 class Status(enum.StrEnum):
     """Life of a stored message.
@@ -310,7 +312,7 @@ class Exchange:
     def output_json(self) -> bytes | None:
         """The output as compact UTF-8 JSON (one line: no raw newlines in JSON strings)."""
         if self._output_json is None and self._output is not None:
-            self._output_json = json.dumps(self._output, separators=(",", ":"), ensure_ascii=False).encode()
+            self._output_json = compact_json(self._output)
         return self._output_json
 
 
