@@ -69,6 +69,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="how to start the engine (default: this python -m engine); 'run -c <config>' is appended",
     )
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="engine stage processes (config `workers:`); default: the engine's own (auto)",
+    )
     parser.add_argument("--keep-workdir", action="store_true", help="keep the engine's temp dir (debug)")
     parser.add_argument(
         "--compare", nargs=2, type=Path, metavar=("OLD", "NEW"), help="print deltas between two results"
@@ -184,7 +188,8 @@ def run_engine(args: argparse.Namespace, source: MessageSource) -> dict[str, Any
     """Start the engine; measure end to end first (empty backlog), then ACK runs at every C."""
     workdir = Path(tempfile.mkdtemp(prefix="hl7bench-"))
     command = shlex.split(args.engine_command) if args.engine_command else DEFAULT_ENGINE_COMMAND
-    engine = EngineProcess(workdir, command, connections_per_peer=max(args.connection_counts))
+    engine = EngineProcess(workdir, command, connections_per_peer=max(args.connection_counts),
+                           workers=args.workers)
     section: dict[str, Any] = {
         "status": "ok",
         "runs": [],
@@ -418,6 +423,7 @@ def run_benchmark(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, An
             "e2e_messages": args.e2e_messages,
             "drain_timeout_s": args.drain_timeout,
             "mix": args.mix,
+            "engine_workers": args.workers,
             "templates": len(source.templates),
             "mean_message_bytes": round(source.mean_size, 1),
             "quick": args.quick,

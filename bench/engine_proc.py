@@ -124,7 +124,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 ENGINE_CONFIG = """\
-store:
+{workers}store:
   path: {store}
 admin:
   listen: 127.0.0.1:{admin_port}
@@ -174,8 +174,10 @@ class EngineProcess:
         workdir: Path,
         command: Sequence[str] = DEFAULT_ENGINE_COMMAND,
         connections_per_peer: int | None = None,
+        workers: int | None = None,
     ) -> None:
         self.workdir = workdir
+        self.workers = workers  # the engine's `workers:`; None = its default (auto)
         self.command = list(command)
         self.connections_per_peer = connections_per_peer
         self.mllp_port = free_port()
@@ -193,6 +195,7 @@ class EngineProcess:
         limits = LIMITS.format(per_peer=per_peer, total=max(per_peer, 256)) if per_peer else ""
         self.config_path.write_text(
             ENGINE_CONFIG.format(
+                workers="" if self.workers is None else f"workers: {self.workers}\n",
                 limits=limits,
                 store=self.workdir / "hl7engine.db",
                 admin_port=self.admin_port,
