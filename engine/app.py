@@ -189,6 +189,7 @@ class Engine:
             self.channels[channel.name] = self._build_channel(channel)
         for rt in self.channels.values():
             await start_sinks(rt)
+            await rt.runner.prime()
             rt.runner.start()
         for rt in self.channels.values():
             await rt.server.start()
@@ -299,6 +300,7 @@ class Engine:
 
     async def _start_channel(self, rt: ChannelRuntime, *, with_server: bool = True) -> None:
         await start_sinks(rt)
+        await rt.runner.prime()
         rt.runner.start()
         if with_server:
             await rt.server.start()
@@ -329,6 +331,8 @@ class Engine:
             self.channels[channel.name] = rt
             return
         fresh = self._build_channel(channel, server=old.server)
+        # Warm the new version up while the old one still works, so the swap is short.
+        await fresh.runner.prime()
         # Work first: the old runner finishes its batch, then the new one takes over.
         await self._retire_work(old, 10.0)
         await self._start_channel(fresh, with_server=False)

@@ -92,6 +92,13 @@ class Runner:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def prime(self, timeout: float = 120.0) -> None:
+        """Warm the stages up before the first lease (see workers.PRIME_MESSAGE); never fatal."""
+        try:
+            await asyncio.wait_for(self._executor.prime(), timeout)
+        except Exception as exc:  # a failed warm-up only means the first batch pays for it
+            log.warning("stages_prime_failed", channel=self.channel, error_type=exc.__class__.__name__)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"runner-{self.channel}")
 

@@ -131,3 +131,35 @@ class TestWorkerProcess:
         assert b"stray output" in done.stderr
         assert b"stray output" not in done.stdout
         assert ("ok", 42) == pickle.loads(done.stdout[8:])
+
+
+class TestPriming:
+    def test_the_prime_message_maps_and_validates_cleanly(self) -> None:
+        """The warm-up message goes all the way through mapping and validation (so both warm up)."""
+        from engine.pipeline.workers import PRIME_MESSAGE, work_chunk
+
+        (outcome,) = work_chunk(SPEC, [(0, "adt", PRIME_MESSAGE, time.time(), "ascii", "v1")])
+        assert outcome.error is None
+        resources = {e["resource"]["resourceType"] for e in json.loads(outcome.output_json or b"")["entry"]}
+        assert {"Patient", "Encounter", "Coverage"} <= resources
+
+    async def test_prime_reaches_every_worker(self) -> None:
+        """prime() sends one warm-up per worker, and every worker comes back healthy."""
+        from engine.pipeline.workers import PoolExecutor
+
+        workers = WorkerPool(2)
+        await workers.start()
+        try:
+            served: list[int] = []
+            original = workers.submit
+
+            async def counting(spec: ChannelSpec, chunk: list[WireMessage]) -> list[StageOutcome]:
+                served.append(len(chunk))
+                return await original(spec, chunk)
+
+            workers.submit = counting  # type: ignore[method-assign]
+            await asyncio.wait_for(PoolExecutor(workers, SPEC).prime(), 120)
+            assert [1, 1] == served
+            assert 2 == workers._idle.qsize()  # both came back healthy
+        finally:
+            await workers.close(timeout_s=5)
