@@ -13,7 +13,13 @@ def register_stages(registry: Registry) -> None:
 
 
 def register_sinks(registry: Registry) -> None:
-    """The built-in sinks."""
+    """The built-in sinks: config models and factories.
+
+    Every process that validates a config imports these modules, so none of them may
+    import a client library (aiokafka, nats-py, httpx) at module level: each factory
+    imports its `<sink>_client` module when a channel uses the sink
+    (tests/unit/test_lazy_imports.py).
+    """
     from engine.sinks import fhir_http, file, kafka, mllp, nats
 
     for module in (file, fhir_http, mllp, nats, kafka):

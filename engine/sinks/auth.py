@@ -1,7 +1,10 @@
 """How an HTTP sink proves who it is: none, bearer, basic, OAuth2 client credentials with a
 client secret, or with a signed JWT client assertion (SMART Backend Services).
 
-Config models and runtime strategies live together, one pair per scheme. A strategy
+Config models and runtime strategies live together, one pair per scheme. The config
+models load without any HTTP or crypto library (registering the `fhir` sink and validating
+configs that do not use it stay cheap): httpx, PyJWT and cryptography are imported where
+a strategy first needs them, the last two only for `jwt_assertion`. A strategy
 hands out request headers; token-based ones cache the access token and fetch a new one
 `refresh_margin_s` before it expires, so a request never leaves with a token about to
 lapse. After a 401 the sink calls `invalidate()` and retries once with a fresh token.
@@ -21,18 +24,17 @@ import ipaddress
 import json
 import secrets
 import time
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, Self
 from urllib.parse import quote_plus, urlsplit
 
-import httpx
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from engine.config.models import SecretRef
 from engine.types import ConfigError, TransientError
+
+if TYPE_CHECKING:
+    import httpx
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 #: SMART Backend Services: the client assertion type (RFC 7523 §2.2).
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -271,6 +273,8 @@ class TokenAuth:
         self._refresh_at = 0.0
 
     async def _fetch(self, client: httpx.AsyncClient) -> None:
+        import httpx  # here, not at the top: module docstring
+
         config = self._config
         form: dict[str, str] = {"grant_type": "client_credentials"}
         if config.scope:
@@ -349,6 +353,8 @@ class _AssertionSigner:
     """
 
     def __init__(self, config: JwtAssertionAuthConfig) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
         self._config = config
         pem = config.private_key.reveal().encode()
         try:
@@ -359,6 +365,8 @@ class _AssertionSigner:
         self.key_id = config.key_id or jwk_thumbprint(public_jwk(self._key))
 
     def assertion(self, now: float | None = None) -> str:
+        import jwt
+
         config = self._config
         issued = int(time.time() if now is None else now)
         claims = {
@@ -377,6 +385,8 @@ class _AssertionSigner:
 
 def _signing_key(key: object, alg: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     """The key, checked against the algorithm it must sign with."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if alg == "RS384" and isinstance(key, rsa.RSAPrivateKey):
         return key
     if alg == "ES384" and isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1":
@@ -387,6 +397,9 @@ def _signing_key(key: object, alg: str) -> rsa.RSAPrivateKey | ec.EllipticCurveP
 
 def public_jwk(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     """The public half of `key` as a JWK (RFC 7517), e.g. to register with a server."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
     public = key.public_key()
     text = RSAAlgorithm.to_jwk(public) if isinstance(public, rsa.RSAPublicKey) else ECAlgorithm.to_jwk(public)
     jwk: dict[str, Any] = json.loads(text)

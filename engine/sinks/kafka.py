@@ -23,43 +23,33 @@ are awaited in order. aiokafka sends one request per broker connection at a time
 partition's records stay in order; after the first transient failure the remaining
 exchanges are reported NOT_ATTEMPTED (some of them may have been written: duplicates,
 handled as above).
+
+This module is the config, the key and the factory; the producer is in
+engine/sinks/kafka_client.py, imported only when a kafka sink is built.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import structlog
-from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
-from aiokafka.errors import (  # type: ignore[import-untyped]
-    InvalidTopicError,
-    KafkaError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-)
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine.config.models import HostPort, SecretRef
 from engine.hl7.fields import field_value
 from engine.registry import BuildContext, Registry
-from engine.sinks.mllp import ClientTlsConfig, WarmUp
-from engine.sinks.payload import PayloadMode, broker_messages, headers
-from engine.types import NOT_ATTEMPTED, DeliveryResult, EngineError, Exchange, PermanentError, TransientError
+from engine.sinks.mllp import ClientTlsConfig
+from engine.sinks.payload import PayloadMode
+from engine.types import Exchange
 
-log = structlog.get_logger("hl7engine.sinks.kafka")
+if TYPE_CHECKING:
+    from engine.sinks.kafka_client import KafkaSink
 
 KeyMode = Literal["patient", "message", "none"]
 
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
-#: Broker answers that no retry can change: the record itself is unacceptable.
-_PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError)
 
 
 class KafkaSaslConfig(BaseModel):
@@ -125,127 +115,6 @@ def patient_key(exchange: Exchange, secret: bytes | None = None) -> bytes | None
     return base.encode()
 
 
-def classify(exc: BaseException) -> EngineError:
-    """PermanentError for a record the broker will never take, else TransientError
-    (ambiguous: the record may have been written before the failure was seen)."""
-    if isinstance(exc, _PERMANENT):
-        return PermanentError(f"kafka refused the record: {type(exc).__name__}")
-    return TransientError(f"kafka publish failed: {type(exc).__name__}", ambiguous=True)
-
-
-class KafkaSink:
-    """One aiokafka producer; records of a batch are pipelined (module docstring)."""
-
-    def __init__(
-        self,
-        name: str,
-        channel: str,
-        topic: str,
-        producer_options: dict[str, Any],
-        *,
-        key: KeyMode = "patient",
-        key_secret: bytes | None = None,
-        payload: PayloadMode = "bundle",
-    ) -> None:
-        self.name = name
-        self._channel = channel
-        self._topic = topic
-        self._options = producer_options
-        self._key_mode: KeyMode = key
-        self._key_secret = key_secret
-        self._payload: PayloadMode = payload
-        self._producer: AIOKafkaProducer | None = None
-        self._warm_up = WarmUp()
-
-    async def start(self) -> None:
-        """Connect in the background (WarmUp); a broker that is down does not stop the
-        engine: the runner retries, and the next delivery connects."""
-        await self._warm_up.start(self._ready, self._unreachable)
-
-    def _unreachable(self, exc: Exception) -> None:
-        reason = str(exc) if isinstance(exc, TransientError) else type(exc).__name__
-        log.warning("kafka_sink_unreachable", channel=self._channel, sink=self.name, reason=reason)
-
-    async def close(self) -> None:
-        await self._warm_up.stop()
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            try:
-                await producer.stop()
-            except KafkaError as exc:
-                log.info("kafka_sink_close_failed", channel=self._channel, sink=self.name,
-                         error_type=type(exc).__name__)
-
-    async def deliver_many(self, exchanges: Sequence[Exchange]) -> list[DeliveryResult]:
-        try:
-            async with self._warm_up.lock:
-                producer = await self._ready()
-        except TransientError as exc:
-            return [exc, *(NOT_ATTEMPTED for _ in exchanges[1:])]
-        plans: list[EngineError | list[asyncio.Future[Any]]] = []
-        for exchange in exchanges:
-            try:
-                plans.append(await self._enqueue(producer, exchange))
-            except PermanentError as exc:
-                plans.append(exc)
-            except KafkaError as exc:
-                error = classify(exc)
-                plans.append(error)
-                if isinstance(error, TransientError):
-                    break  # nothing after it may overtake it
-        results: list[DeliveryResult] = []
-        stopped = False
-        for plan in plans:
-            if isinstance(plan, EngineError):
-                outcome: DeliveryResult = plan
-            else:
-                # Awaited even after a failure, so no record's outcome goes unread.
-                answers = await asyncio.gather(*plan, return_exceptions=True)
-                failure = next((a for a in answers if isinstance(a, BaseException)), None)
-                outcome = None if failure is None else classify(failure)
-            if stopped:
-                results.append(NOT_ATTEMPTED)
-                continue
-            results.append(outcome)
-            stopped = isinstance(outcome, TransientError)
-        results.extend(NOT_ATTEMPTED for _ in exchanges[len(results):])
-        return results
-
-    async def _enqueue(self, producer: AIOKafkaProducer, exchange: Exchange) -> list[asyncio.Future[Any]]:
-        """Hand one exchange's records to the producer; their futures resolve when acked."""
-        messages = broker_messages(exchange, self._payload)
-        key = self._key(exchange)
-        futures: list[asyncio.Future[Any]] = []
-        for message in messages:
-            record_headers = [(k, v.encode()) for k, v in headers(exchange, message, count=len(messages)).items()]
-            futures.append(await producer.send(self._topic, message.body, key=key, headers=record_headers))
-        return futures
-
-    def _key(self, exchange: Exchange) -> bytes | None:
-        if self._key_mode == "patient":
-            return patient_key(exchange, self._key_secret)
-        if self._key_mode == "message":
-            return f"{exchange.message.channel}:{exchange.message.id}".encode()
-        return None
-
-    async def _ready(self) -> AIOKafkaProducer:
-        if self._producer is not None:
-            return self._producer
-        producer = AIOKafkaProducer(**self._options)
-        try:
-            await producer.start()
-        except (KafkaError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise TransientError(f"kafka connect failed: {type(exc).__name__}") from None
-        except BaseException:  # cancelled (engine stopping): leave no half-started producer behind
-            with contextlib.suppress(Exception):
-                await producer.stop()
-            raise
-        self._producer = producer
-        return producer
-
-
 def producer_options(config: KafkaSinkConfig) -> dict[str, Any]:
     """aiokafka producer arguments; secrets are read here, at start, and never logged."""
     timeout_ms = int(config.timeout_s * 1000)
@@ -271,6 +140,8 @@ def producer_options(config: KafkaSinkConfig) -> dict[str, Any]:
 
 def _build(config: BaseModel, ctx: BuildContext) -> KafkaSink:
     assert isinstance(config, KafkaSinkConfig)
+    from engine.sinks.kafka_client import KafkaSink  # aiokafka only for a config that uses it
+
     return KafkaSink(
         config.name or "kafka",
         ctx.channel,

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from engine.sinks.kafka import KafkaSink, KafkaSinkConfig, patient_key, producer_options
+from engine.sinks.kafka import KafkaSinkConfig, patient_key, producer_options
+from engine.sinks.kafka_client import KafkaSink
 from engine.types import NOT_ATTEMPTED, PermanentError, TransientError
 from tests.support.brokers import kafka_bootstrap, sample_exchange
 from tests.support.engine_proc import free_port

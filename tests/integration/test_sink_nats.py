@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from engine.app import Engine
 from engine.config.loader import load_config
-from engine.sinks.nats import NatsSink, NatsSinkConfig, SubjectTemplate, subject_values
+from engine.sinks.nats import NatsSinkConfig, SubjectTemplate, subject_values
+from engine.sinks.nats_client import NatsSink
 from engine.sinks.payload import HEADER_MESSAGE_ID, broker_messages, headers, payloads
 from engine.types import PermanentError, TransientError
 from tests.support.brokers import jetstream_url, nats_server, sample_exchange

@@ -32,14 +32,13 @@ from engine.sinks.auth import (
 )
 from engine.sinks.fhir_http import (
     CredentialsRejectedError,
-    FhirSink,
     FhirSinkConfig,
     ServerUnavailableError,
-    _ProbePause,
     classify_response,
     parse_retry_after,
     summarize_outcome,
 )
+from engine.sinks.fhir_http_client import FhirSink, _ProbePause
 from engine.types import (
     NOT_ATTEMPTED,
     ConfigError,
