@@ -43,6 +43,9 @@ def _postgres(config: StoreConfig) -> Store:
 
 def open_engine_store(config: EngineConfig) -> Store:
     """The engine's store: the configured backend, encrypted at rest when `encryption:` is set."""
+    store = open_store(config.store)
+    if config.encryption is None:
+        return store  # without loading `cryptography` (~6 MB) in a process that never needs it
     from engine.store.encrypted import wrap_if_configured
 
-    return wrap_if_configured(open_store(config.store), config)
+    return wrap_if_configured(store, config)

@@ -169,6 +169,10 @@ class TestIdleEngine:
         """An engine with a file sink and stage workers has no sink client library or mapping code loaded."""
         assert [] == loaded(idle_run["modules"], (*CLIENT_LIBRARIES, MAPPING))
 
+    def test_no_encryption_configured_no_cryptography(self, idle_run: dict[str, Any]) -> None:
+        """`cryptography` (~6 MB) is for `encryption:` at rest; a store without it never loads it."""
+        assert [] == loaded(idle_run["modules"], ("cryptography",))
+
     def test_admin_server_does_not_need_httpx(self, idle_run: dict[str, Any]) -> None:
         """The admin API serves with aiohttp: it is loaded, httpx is not."""
         assert ["aiohttp"] == loaded(idle_run["modules"], ("aiohttp", "httpx"))
