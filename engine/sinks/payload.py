@@ -21,11 +21,11 @@ resource type. Never identifiers, names or control ids.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from engine.jsonbytes import compact_json
 from engine.types import Exchange, PermanentError
 
 PayloadMode = Literal["bundle", "resources"]
@@ -113,4 +113,4 @@ def headers(exchange: Exchange, message: BrokerMessage, *, count: int) -> dict[s
 
 
 def _json(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return compact_json(document)
