@@ -35,6 +35,8 @@ Rules (DESIGN.md §3, issue 3 "Output"):
 
 from __future__ import annotations
 
+import hashlib
+import re
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -45,6 +47,14 @@ _NAMESPACE = uuid.UUID("5b0b7a2e-8e36-4d8e-9a0f-6f1c3d6a1e27")  # hl7engine's ow
 URI_SYSTEM = "urn:ietf:rfc:3986"
 _NO_IDENTIFIER_TYPES = frozenset({"MessageHeader", "Provenance", "Bundle", "Parameters", "Binary"})
 _SENSITIVE_IDENTIFIER_TYPES = frozenset({"SS", "DL", "SB"})  # SSN, driver's licence, social beneficiary
+# Text made only of what urllib's quote never escapes (RFC 3986 unreserved characters plus
+# the `safe` ones) comes back unchanged from it: checking that first skips quote's
+# encode/bytes round trip for the common identifier system and value.
+_QUOTE_NOTHING = {
+    "": re.compile(r"[A-Za-z0-9_.~-]*"),
+    ":/": re.compile(r"[A-Za-z0-9_.~:/-]*"),
+}
+_QUOTED_URI_SYSTEM = quote(URI_SYSTEM, safe=":/")
 
 Adapter = Callable[[dict[str, Any]], None]
 _R5_ADAPTERS: dict[str, list[Adapter]] = {}
@@ -55,8 +65,11 @@ def register_r5_adapter(resource_type: str, adapter: Adapter) -> None:
     _R5_ADAPTERS.setdefault(resource_type, []).append(adapter)
 
 
+_NO_TYPE: dict[str, Any] = {}  # read-only default: an identifier without a type
+
+
 def _type_code(identifier: dict[str, Any]) -> str:
-    for coding in identifier.get("type", {}).get("coding", []):
+    for coding in identifier.get("type", _NO_TYPE).get("coding", ()):
         code = coding.get("code")
         if isinstance(code, str):
             return code
@@ -64,19 +77,32 @@ def _type_code(identifier: dict[str, Any]) -> str:
 
 
 def _match_identifier(resource: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """The identifier to match on and whether it has a system (SSN / licence never: URLs get logged)."""
-    usable = [
-        i
-        for i in resource.get("identifier", [])
-        if isinstance(i, dict)
-        and i.get("value")
-        and _type_code(i) not in _SENSITIVE_IDENTIFIER_TYPES
-        and i.get("use") != "old"
-    ]
-    for ident in usable:
+    """The identifier to match on and whether it has a system (SSN / licence never: URLs get logged).
+
+    The first usable identifier with a system, else the first usable one.
+    """
+    first_usable = None
+    for ident in resource.get("identifier", ()):
+        if (
+            not isinstance(ident, dict)
+            or not ident.get("value")
+            or ("type" in ident and _type_code(ident) in _SENSITIVE_IDENTIFIER_TYPES)
+            or ident.get("use") == "old"
+        ):
+            continue
         if ident.get("system"):
             return ident, True
-    return (usable[0], False) if usable else (None, False)
+        if first_usable is None:
+            first_usable = ident
+    return first_usable, False
+
+
+def _quote(text: str, safe: str) -> str:
+    """``urllib.parse.quote(text, safe=safe)`` (`safe` one of _QUOTE_NOTHING's keys), without
+    its cost for text it would leave unchanged."""
+    if (text.isascii() and text.isalnum()) or _QUOTE_NOTHING[safe].fullmatch(text):
+        return text
+    return quote(text, safe=safe)
 
 
 def _identity_query(resource: dict[str, Any], match: dict[str, Any] | None) -> tuple[str | None, bool]:
@@ -89,8 +115,8 @@ def _identity_query(resource: dict[str, Any], match: dict[str, Any] | None) -> t
     if ident is None:
         return None, False
     if has_system:
-        return f"identifier={quote(ident['system'], safe=':/')}|{quote(ident['value'], safe='')}", True
-    return f"identifier={quote(ident['value'], safe='')}", False
+        return f"identifier={_quote(ident['system'], ':/')}|{_quote(ident['value'], '')}", True
+    return f"identifier={_quote(ident['value'], '')}", False
 
 
 class BundleBuilder:
@@ -99,14 +125,19 @@ class BundleBuilder:
     def __init__(self, identity: str, fhir_version: FhirVersion = "R4B") -> None:
         self.identity = identity
         self.fhir_version = fhir_version
+        # uuid5 hashes namespace + name; every name of this message starts with the same
+        # "<identity>|", so that prefix is hashed once and each role continues a copy.
+        self._name_hash = hashlib.sha1(_NAMESPACE.bytes + f"{identity}|".encode(), usedforsecurity=False)
         self._entries: list[dict[str, Any]] = []
         self._by_url: dict[str, dict[str, Any]] = {}
         self._by_condition: dict[str, str] = {}
         self.bundle_fields: dict[str, Any] = {}  # Bundle.identifier / Bundle.timestamp (IG MSH[Bundle])
 
     def full_url(self, role: str) -> str:
-        """Deterministic fullUrl for `role` within this message."""
-        return "urn:uuid:" + str(uuid.uuid5(_NAMESPACE, f"{self.identity}|{role}"))
+        """Deterministic fullUrl for `role` within this message: uuid5(_NAMESPACE, identity|role)."""
+        digest = self._name_hash.copy()
+        digest.update(role.encode())
+        return "urn:uuid:" + _uuid5_text(digest.hexdigest())
 
     def reference(self, full_url: str, display: str | None = None) -> dict[str, Any]:
         ref: dict[str, Any] = {"reference": full_url}
@@ -171,12 +202,14 @@ class BundleBuilder:
             resource["id"] = resource_id
             return {"method": "PUT", "url": f"{rtype}/{resource_id}"}, None
         query, has_system = _identity_query(resource, match)
-        if query is not None and has_system:
-            return {"method": "PUT", "url": f"{rtype}?{query}"}, f"{rtype}?{query}"
         if query is not None:
-            return {"method": "POST", "url": rtype, "ifNoneExist": query}, f"{rtype}?{query}"
+            condition = f"{rtype}?{query}"
+            if has_system:
+                return {"method": "PUT", "url": condition}, condition
+            return {"method": "POST", "url": rtype, "ifNoneExist": query}, condition
         resource.setdefault("identifier", []).append({"system": URI_SYSTEM, "value": full_url})
-        query = f"identifier={quote(URI_SYSTEM, safe=':/')}|{quote(full_url, safe='')}"
+        # quote(full_url, safe=""): "urn:uuid:" + hex digits and dashes, so only ":" is escaped.
+        query = f"identifier={_QUOTED_URI_SYSTEM}|{full_url.replace(':', '%3A')}"
         return {"method": "POST", "url": rtype, "ifNoneExist": query}, None
 
     def build(self) -> dict[str, Any]:
@@ -195,15 +228,66 @@ class BundleBuilder:
         return {"resourceType": "Bundle", **self.bundle_fields, "type": "transaction", "entry": self._entries}
 
 
+# RFC 4122 variant: the top two bits of the clock-sequence byte are 10, so its first hex
+# digit d becomes 8 + (d & 3).
+_VARIANT_DIGIT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _uuid5_text(sha1_hex: str) -> str:
+    """The text of the version-5 UUID made from a SHA-1 hex digest (RFC 4122 4.3; as uuid.uuid5)."""
+    h = sha1_hex
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
 def _prune(node: dict[str, Any]) -> bool:
     """Remove empty values (None, "", [], {}) in place; True when `node` itself ends up empty.
 
-    Hand-unrolled on exact types: it runs over every element of every Bundle.
+    It runs over every element of every Bundle and almost never finds anything, so the
+    walk only looks (on exact types, no allocation); the first empty value hands the
+    node to `_prune_entries`, which removes (pruning twice changes nothing).
     """
+    for value in node.values():
+        kind = type(value)
+        if kind is str:
+            if value:
+                continue
+        elif kind is dict:
+            if value and not _prune(value):
+                continue
+        elif kind is list:
+            if value and not _prune_list(value):
+                continue
+        elif value is not None:
+            continue
+        return _prune_entries(node)
+    return not node
+
+
+def _prune_entries(node: dict[str, Any]) -> bool:
     drop = [key for key, value in node.items() if _is_empty(value)]
     for key in drop:
         del node[key]
     return not node
+
+
+def _prune_list(items: list[Any]) -> bool:
+    """`_prune` for a list: empty items are removed in place; True when none is left."""
+    for item in items:
+        kind = type(item)
+        if kind is dict:
+            if item and not _prune(item):
+                continue
+        elif kind is str:
+            if item:
+                continue
+        elif kind is list:
+            if item and not _prune_list(item):
+                continue
+        elif item is not None:
+            continue
+        items[:] = [item for item in items if not _is_empty(item)]
+        return not items
+    return not items
 
 
 def _is_empty(value: Any) -> bool:
@@ -213,10 +297,7 @@ def _is_empty(value: Any) -> bool:
     if kind is dict:
         return _prune(value)
     if kind is list:
-        kept = [item for item in value if not _is_empty(item)]
-        if len(kept) != len(value):
-            value[:] = kept
-        return not kept
+        return _prune_list(value)
     return value is None
 
 

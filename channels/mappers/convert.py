@@ -32,6 +32,7 @@ from typing import Any
 
 import channels.mappers.segments  # noqa: F401  (registers every segment map)
 from channels.mappers.bundle import BundleBuilder
+from channels.mappers.datatypes import forget_message_dates
 from channels.mappers.messages import MappingContext, mapper_for, message_map
 from channels.mappers.options import MappingOptions, Settings, compile_options
 from channels.mappers.v2 import V2Message, parse_message
@@ -48,12 +49,13 @@ class ConversionResult:
 
 
 def _identity(message: V2Message) -> str:
-    """Hash of the segments (terminator-independent): same message, same fullUrls."""
-    digest = hashlib.sha256()
-    for seg in message.segment_list:
-        digest.update(seg.delims.field.join(seg.fields_as_received()).encode("utf-8", "surrogatepass"))
-        digest.update(b"\r")
-    return digest.hexdigest()
+    """Hash of the segments (terminator-independent): same message, same fullUrls.
+
+    The hashed text is every segment's fields joined by the field separator, each segment
+    followed by CR, hashed in one piece.
+    """
+    text = "".join([seg.delims.field.join(seg.fields_as_received()) + "\r" for seg in message.segment_list])
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _missing_required(message: V2Message) -> list[str]:
@@ -68,6 +70,7 @@ def _missing_required(message: V2Message) -> list[str]:
 def convert_message(text: str, options: MappingOptions | Settings) -> ConversionResult:
     """Map one message (see the module docstring for the result and the errors)."""
     settings = options if isinstance(options, Settings) else compile_options(options)
+    forget_message_dates()
     message = parse_message(text)
     if len(message.segments("MSH")) > 1:
         raise MappingError("several messages in one text; split them first", segment="MSH")

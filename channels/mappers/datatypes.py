@@ -67,6 +67,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 from channels.mappers.options import Settings
 from channels.mappers.v2 import Repetition
@@ -100,73 +101,59 @@ class FhirDateTime:
         return {"extension": [{"url": ORIGINAL_TEXT, "valueString": self.original}]}
 
 
-class _Parts(NamedTuple):
-    year: int
-    month: int | None
-    day: int | None
-    hour: int | None
-    minute: int | None
-    second: int | None
-    fraction: str
-    offset: str | None  # "+hhmm" / "-hhmm"
+# A parsed v2 DTM: (FHIR date text "2024" / "2024-05" / "2024-05-02", time text "09:30:00.12"
+# or None without hour, offset text "-05:00" or None, the naive datetime it denotes).
+_Dtm = tuple[str, str | None, str | None, datetime]
 
 
-def _parse_dtm(text: str) -> _Parts | None:
-    """Split a v2 DTM (HL7 v2.5 2.A.22: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]); None if invalid."""
-    match = _DTM.match(text.strip())
+def _parse_dtm(text: str) -> _Dtm | None:
+    """Split a stripped v2 DTM (HL7 v2.5 2.A.22: YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ])
+    into its FHIR texts; None if invalid (no such day or time, offset beyond ±14:59)."""
+    match = _DTM.match(text)
     if not match:
         return None
     y, mo, d, h, mi, sec, frac, off = match.groups()
-    parts = _Parts(
-        int(y),
-        int(mo) if mo else None,
-        int(d) if d else None,
-        int(h) if h else None,
-        int(mi) if mi else None,
-        int(sec) if sec else None,
-        frac or "",
-        off,
-    )
+    if not text.isascii():  # \d also matches other scripts' digits: write them as ASCII
+        y, mo, d, h, mi, sec = (None if g is None else f"{int(g):0{len(g)}d}" for g in (y, mo, d, h, mi, sec))
+    assert y is not None  # the pattern requires the year
+    # Missing parts take their minimum, and so do month / day 00 (kept as written in the
+    # text); a leap second (:60) counts as :59. datetime() checks the rest (31 April ...).
+    month, day = int(mo) if mo else 0, int(d) if d else 0
+    hour, minute, second = int(h) if h else 0, int(mi) if mi else 0, int(sec) if sec else 0
     try:
-        _as_datetime(parts)
+        naive = datetime(int(y), month or 1, day or 1, hour, minute, min(second, 59))
     except ValueError:
         return None
-    if parts.year == 0:
+    if off is not None and (int(off[1:3]) > 14 or int(off[3:5]) > 59):
         return None
-    if off is not None:
-        oh, om = int(off[1:3]), int(off[3:5])
-        if oh > 14 or om > 59:
-            return None
-    return parts
+    date = y if mo is None else f"{y}-{mo}" if d is None else f"{y}-{mo}-{d}"
+    time = None
+    if h is not None:
+        time = f"{h}:{mi or '00'}:{sec or '00'}.{frac}" if frac else f"{h}:{mi or '00'}:{sec or '00'}"
+    offset = None if off is None else f"{off[:3]}:{off[3:]}"
+    return date, time, offset, naive
 
 
-def _as_datetime(p: _Parts) -> datetime:
-    """A naive datetime of the parts (missing parts → their minimum; a leap second → :59)."""
-    return datetime(p.year, p.month or 1, p.day or 1, p.hour or 0, p.minute or 0, min(p.second or 0, 59))
-
-
-def _date_text(p: _Parts) -> str:
-    if p.month is None:
-        return f"{p.year:04d}"
-    if p.day is None:
-        return f"{p.year:04d}-{p.month:02d}"
-    return f"{p.year:04d}-{p.month:02d}-{p.day:02d}"
-
-
-def _offset_text(offset: str) -> str:
-    return f"{offset[:3]}:{offset[3:]}"
-
-
-def _zone_offset(p: _Parts, s: Settings | None) -> str | None:
-    if p.offset is not None:
-        return _offset_text(p.offset)
-    if s is None or s.timezone is None:
-        return None
-    delta = _as_datetime(p).replace(tzinfo=s.timezone).utcoffset() or timedelta(0)
+def _zone_offset(naive: datetime, zone: ZoneInfo) -> str:
+    """The offset ("-05:00") of `zone` at that local time (DST-aware)."""
+    delta = naive.replace(tzinfo=zone).utcoffset() or timedelta(0)
     minutes = int(delta.total_seconds() // 60)
     sign = "+" if minutes >= 0 else "-"
     minutes = abs(minutes)
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+# Within one message the same DTM text comes back often (MSH-7 and EVN-2, the OBX-14 of
+# every result of a panel): its FhirDateTime (immutable) is kept here by (text, zone).
+# convert_message empties it at the start of each message, so no message's values outlive
+# that message here; the size bound covers a very long message.
+_DTM_MEMO: dict[tuple[str, ZoneInfo | None], FhirDateTime | None] = {}
+_DTM_MEMO_SIZE = 256
+
+
+def forget_message_dates() -> None:
+    """Empty the per-message DTM memo (convert_message calls it before each message)."""
+    _DTM_MEMO.clear()
 
 
 def dtm_to_datetime(text: str, s: Settings | None = None) -> FhirDateTime | None:
@@ -177,18 +164,28 @@ def dtm_to_datetime(text: str, s: Settings | None = None) -> FhirDateTime | None
     """
     if not text:
         return None
-    p = _parse_dtm(text)
-    if p is None:
+    zone = s.timezone if s is not None else None
+    key = (text, zone)
+    if key in _DTM_MEMO:
+        return _DTM_MEMO[key]
+    result = _dtm_to_datetime(text.strip(), zone)
+    if len(_DTM_MEMO) >= _DTM_MEMO_SIZE:
+        _DTM_MEMO.clear()
+    _DTM_MEMO[key] = result
+    return result
+
+
+def _dtm_to_datetime(stripped: str, zone: ZoneInfo | None) -> FhirDateTime | None:
+    parsed = _parse_dtm(stripped)
+    if parsed is None:
         return None
-    date = _date_text(p)
-    if p.hour is None or p.day is None:
+    date, time, offset, naive = parsed
+    if time is None:
         return FhirDateTime(date)
-    offset = _zone_offset(p, s)
     if offset is None:
-        return FhirDateTime(date, original=text.strip())
-    time = f"{p.hour:02d}:{p.minute or 0:02d}:{p.second or 0:02d}"
-    if p.fraction:
-        time += "." + p.fraction
+        if zone is None:
+            return FhirDateTime(date, original=stripped)
+        offset = _zone_offset(naive, zone)
     return FhirDateTime(f"{date}T{time}{offset}")
 
 
@@ -210,8 +207,8 @@ def dt_to_date(text: str) -> str | None:
     """IG DT → date: YYYY[MM[DD]]; a TS/DTM's time part is cut (PID-7 → birthDate)."""
     if not text:
         return None
-    p = _parse_dtm(text)
-    return None if p is None else _date_text(p)
+    parsed = _parse_dtm(text.strip())
+    return None if parsed is None else parsed[0]
 
 
 def put_datetime(target: dict[str, Any], element: str, text: str, s: Settings | None) -> bool:
@@ -240,9 +237,16 @@ def dr_to_period(rep: Repetition, s: Settings | None = None, start: int = 1) -> 
 
 
 def _period_from(rep: Repetition, s: Settings | None, start: int, end: int) -> dict[str, Any]:
+    return _period_of(rep.component(start), rep.component(end), s)
+
+
+def _period_of(start: str, end: str, s: Settings | None) -> dict[str, Any]:
+    """A Period from two DTM texts ({} when neither is a valid DTM)."""
     period: dict[str, Any] = {}
-    put_datetime(period, "start", rep.component(start), s)
-    put_datetime(period, "end", rep.component(end), s)
+    if start:
+        put_datetime(period, "start", start, s)
+    if end:
+        put_datetime(period, "end", end, s)
     return period
 
 
@@ -262,9 +266,8 @@ class HD(NamedTuple):
 
 def hd_of(rep: Repetition, component: int | None = None) -> HD:
     """The HD of a whole field (components 1-3) or of one component (subcomponents 1-3)."""
-    if component is None:
-        return HD(rep.component(1), rep.component(2), rep.component(3))
-    return HD(rep.component(component, 1), rep.component(component, 2), rep.component(component, 3))
+    hd = rep.numbered(3) if component is None else rep.numbered_subcomponents(component, 3)
+    return HD(hd[1], hd[2], hd[3])
 
 
 def _universal_uri(universal_id: str, id_type: str) -> str | None:
@@ -308,7 +311,8 @@ def hd_to_system(hd: HD, s: Settings | None) -> str | None:
 
 
 def _urn_safe(text: str) -> str:
-    return re.sub(r"\s+", "_", text.strip())
+    """Whitespace runs → "_", ends trimmed (what re.sub(r"\\s+", "_", text.strip()) gives)."""
+    return "_".join(text.split())
 
 
 def as_code(text: str) -> str:
@@ -381,20 +385,21 @@ def _assign(identifier: dict[str, Any], hd: HD, s: Settings | None) -> None:
 def cx_to_identifier(rep: Repetition, s: Settings | None = None) -> dict[str, Any] | None:
     """IG CX[Identifier]: CX.1 → value; CX.2/CX.3 → check-digit extensions; CX.4 → system
     (or assigner); CX.5 → type (v2-0203); CX.7/CX.8 → period. None when CX.1 is empty."""
-    value = rep.component(1)
+    cx = rep.numbered(8)  # cx[n] is CX.n
+    value = cx[1]
     if not value:
         return None
     ident: dict[str, Any] = {}
-    ext = _check_digit_extensions(rep.component(2), rep.component(3))
+    ext = _check_digit_extensions(cx[2], cx[3])
     if ext:
         ident["extension"] = ext
-    if rep.component(5):
-        ident["type"] = _identifier_type(rep.component(5), s)
+    if cx[5]:
+        ident["type"] = _identifier_type(cx[5], s)
     _assign(ident, hd_of(rep, 4), s)
     ident["value"] = value
     period: dict[str, Any] = {}
-    start = dt_to_date(rep.component(7))
-    end = dt_to_date(rep.component(8))
+    start = dt_to_date(cx[7])
+    end = dt_to_date(cx[8])
     if start:
         period["start"] = start
     if end:
@@ -409,11 +414,12 @@ def ei_to_identifier(rep: Repetition, s: Settings | None = None, start: int = 1)
 
     `start` is the component of EI.1 (EIP.1 = components 1-4 of a field holding EI).
     """
-    value = rep.component(start)
+    ei = rep.numbered(start + 3)  # ei[start] is EI.1, ei[start + 1..3] the HD
+    value = ei[start]
     if not value:
         return None
     ident: dict[str, Any] = {}
-    hd = HD(rep.component(start + 1), rep.component(start + 2), rep.component(start + 3))
+    hd = HD(ei[start + 1], ei[start + 2], ei[start + 3])
     _assign(ident, hd, s)
     ident["value"] = value
     return ident
@@ -473,31 +479,34 @@ _XPN_LAYOUT = _NameLayout(family=1, given=(2, 3), prefix=5, suffixes=(4, 6, 14),
                           period_start_end=(12, 13), period_dr=10, assembly_order=11)
 _XCN_LAYOUT = _NameLayout(family=2, given=(3, 4), prefix=6, suffixes=(5, 7, 21), use=10,
                           period_start_end=(19, 20), period_dr=17, assembly_order=18)
+_NAME_COMPONENTS = 21  # the highest component either layout reads (XCN.21)
 
 
 def _human_name(rep: Repetition, s: Settings | None, layout: _NameLayout) -> dict[str, Any] | None:
     name: dict[str, Any] = {}
+    parts = rep.numbered(_NAME_COMPONENTS)  # parts[n] is component n (XPN.n or XCN.n)
     fn_to_family(rep, layout.family, name)
-    given = [g for g in (rep.component(layout.given[0]), rep.component(layout.given[1])) if g]
+    given = [parts[n] for n in layout.given if parts[n]]
     if given:
         name["given"] = given
-    prefix = rep.component(layout.prefix)
+    prefix = parts[layout.prefix]
     if prefix:
         name["prefix"] = [prefix]
-    suffix = [x for x in (rep.component(c) for c in layout.suffixes) if x]
+    suffix = [parts[n] for n in layout.suffixes if parts[n]]
     if suffix:
         name["suffix"] = suffix
     if not name:
         return None
-    use_code = rep.component(layout.use)
+    use_code = parts[layout.use]
     if use_code and s is not None:
         concept = s.vocab.lookup("NameType", use_code)
         if concept is not None and concept.code:
             name["use"] = concept.code
-    period = _period_from(rep, s, *layout.period_start_end) or dr_to_period_component(rep, layout.period_dr, s)
+    start, end = layout.period_start_end
+    period = _period_of(parts[start], parts[end], s) or dr_to_period_component(rep, layout.period_dr, s)
     if period:
         name["period"] = period
-    _assembly_order(rep.component(layout.assembly_order), s, name)
+    _assembly_order(parts[layout.assembly_order], s, name)
     return name
 
 
@@ -519,11 +528,12 @@ _FN_PARTS = (
 def fn_to_family(rep: Repetition, component: int, name: dict[str, Any]) -> None:
     """IG FN[HumanName]: FN.1 → family; FN.2 own prefix, FN.3 own name, FN.4 partner prefix,
     FN.5 partner name → the humanname-* extensions on ``_family`` (FN held in `component`)."""
-    family = rep.component(component, 1)
+    fn = rep.numbered_subcomponents(component, 5)  # fn[n] is FN.n
+    family = fn[1]
     if not family:
         return
     name["family"] = family
-    parts = [{"url": url, "valueString": part} for sub, url in _FN_PARTS if (part := rep.component(component, sub))]
+    parts = [{"url": url, "valueString": fn[sub]} for sub, url in _FN_PARTS if fn[sub]]
     if parts:
         name["_family"] = {"extension": parts}
 
@@ -541,10 +551,8 @@ def _assembly_order(code: str, s: Settings | None, name: dict[str, Any]) -> None
 
 def dr_to_period_component(rep: Repetition, component: int, s: Settings | None) -> dict[str, Any] | None:
     """A DR held in one component (start & end as subcomponents), e.g. XPN.10, XAD.12."""
-    period: dict[str, Any] = {}
-    put_datetime(period, "start", rep.component(component, 1), s)
-    put_datetime(period, "end", rep.component(component, 2), s)
-    return period or None
+    dr = rep.numbered_subcomponents(component, 2)
+    return _period_of(dr[1], dr[2], s) or None
 
 
 def xpn_called_by(rep: Repetition) -> dict[str, Any] | None:
@@ -567,15 +575,16 @@ def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any]
     XAD.5 postalCode; XAD.6 country; XAD.7 → use/type (AddressType) or iso21090-AD-use (HV);
     XAD.9 → district; XAD.10 → censusTract extension; XAD.12 / XAD.13-14 → period."""
     address: dict[str, Any] = {}
-    street = (rep.component(1, 1), rep.component(1, 2), rep.component(1, 3))  # SAD.1-3
+    xad = rep.numbered(19)  # xad[n] is XAD.n
+    sad = rep.numbered_subcomponents(1, 3)  # sad[n] is SAD.n (XAD.1.n)
     # Blanks around a line are padding, not data (v2 2.A.74 ST is left justified; FHIR string
     # whitespace "SHOULD be removed"): servers matching addresses compare trimmed text.
-    lines = [x.strip() for x in (*street, rep.component(2), rep.component(19)) if x and not x.isspace()]
+    lines = [x.strip() for x in (sad[1], sad[2], sad[3], xad[2], xad[19]) if x and not x.isspace()]
     ext: list[dict[str, Any]] = []
-    kind = rep.component(7)
+    kind = xad[7]
     if kind == "HV":  # IG XAD.7 row: the code itself (PostalAddressUse HV, vacation home)
         ext.append({"url": SD + "iso21090-AD-use", "valueCode": "HV"})
-    tract = rep.component(10)
+    tract = xad[10]
     if tract:
         ext.append({"url": SD + "iso21090-ADXP-censusTract", "valueString": tract})
     if ext:
@@ -592,10 +601,10 @@ def xad_to_address(rep: Repetition, s: Settings | None = None) -> dict[str, Any]
     if lines:
         address["line"] = lines
     for comp, element in ((3, "city"), (9, "district"), (4, "state"), (5, "postalCode"), (6, "country")):
-        text = rep.component(comp).strip()
+        text = xad[comp].strip()
         if text:
             address[element] = text
-    period = _period_from(rep, s, 13, 14) or dr_to_period_component(rep, 12, s)
+    period = _period_of(xad[13], xad[14], s) or dr_to_period_component(rep, 12, s)
     if period:
         address["period"] = period
     if not (set(address) - {"use", "type", "extension"}) and not tract:
@@ -614,10 +623,11 @@ def xtn_to_contact_point(
     XTN.5-XTN.8 → contactpoint-country/-area/-local/-extension extensions;
     XTN.13/XTN.14 → period; XTN.18 → rank. `default_use` is the segment row's use when XTN.2
     is empty (PID-13 → home, PID-14 → work)."""
-    equipment = rep.component(3)
-    email = rep.component(4)
-    country, area, local, extension = rep.component(5), rep.component(6), rep.component(7), rep.component(8)
-    unformatted = rep.component(12)
+    xtn = rep.numbered(18)  # xtn[n] is XTN.n
+    equipment = xtn[3]
+    email = xtn[4]
+    country, area, local, extension = xtn[5], xtn[6], xtn[7], xtn[8]
+    unformatted = xtn[12]
     is_email = equipment in _EMAIL_EQUIPMENT
     point: dict[str, Any] = {}
     ext: list[dict[str, Any]] = []
@@ -633,7 +643,7 @@ def xtn_to_contact_point(
         point["extension"] = ext
     # value, in the IG's order of precedence
     value = ""
-    if is_email or (not equipment and email and not rep.component(1)):
+    if is_email or (not equipment and email and not xtn[1]):
         value = email
     elif unformatted:
         value = unformatted
@@ -642,7 +652,7 @@ def xtn_to_contact_point(
         if extension:
             value += " X" + extension
     else:
-        value = rep.component(1)
+        value = xtn[1]
     # system
     use_from_equipment = None
     if equipment:
@@ -655,7 +665,7 @@ def xtn_to_contact_point(
                 point["system"] = concept.code
         else:
             point["system"] = "other"
-    elif email and not rep.component(1):
+    elif email and not xtn[1]:
         point["system"] = "email"
     elif value:
         point["system"] = "phone"  # XTN.1 is the "Telephone Number" component (see the module docstring)
@@ -663,7 +673,7 @@ def xtn_to_contact_point(
         point["_system"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]}
     if value:
         point["value"] = value
-    use_code = rep.component(2)
+    use_code = xtn[2]
     use = None
     if use_code and s is not None:
         concept = s.vocab.lookup("TelecommunicationUseCode", use_code)
@@ -672,10 +682,10 @@ def xtn_to_contact_point(
         use = use_from_equipment or (default_use if not use_code else None)
     if use:
         point["use"] = use
-    rank = rep.component(18)
+    rank = xtn[18]
     if rank.isdigit() and int(rank) > 0:
         point["rank"] = int(rank)
-    period = _period_from(rep, s, 13, 14)
+    period = _period_of(xtn[13], xtn[14], s)
     if period:
         point["period"] = period
     if "value" not in point and not ext:
@@ -693,21 +703,22 @@ def _coding_system(name: str, s: Settings | None) -> str | None:
     return known or "urn:id:" + _urn_safe(name)
 
 
-def _codings(rep: Repetition, s: Settings | None, table: str | None) -> list[dict[str, Any]]:
+def _codings(cwe: list[str], s: Settings | None, table: str | None) -> list[dict[str, Any]]:
+    """The codings of a CWE given as ``rep.numbered(13)`` (``cwe[n]`` is CWE.n)."""
     codings: list[dict[str, Any]] = []
     for code_i, text_i, sys_i, ver_i in ((1, 2, 3, 7), (4, 5, 6, 8), (10, 11, 12, 13)):
-        code = rep.component(code_i)
-        display = rep.component(text_i)
+        code = cwe[code_i]
+        display = cwe[text_i]
         if not code and not display:
             continue
         coding: dict[str, Any] = {}
-        system_name = rep.component(sys_i)
+        system_name = cwe[sys_i]
         system = _coding_system(system_name, s)
         if system is None and table and code_i == 1:
             system = v2_table_system(table)
         if system:
             coding["system"] = system
-        version = rep.component(ver_i)
+        version = cwe[ver_i]
         if version:
             coding["version"] = version
         code = as_code(code)
@@ -743,10 +754,11 @@ def cwe_to_codeable_concept(
     `concept_map` (an IG concept map name, e.g. "MaritalStatus") translates CWE.1 when its
     coding system is empty or the v2 table; `table` ("0002") is CWE.3's default for CWE.1.
     """
-    codings = _codings(rep, s, table)
-    first_system = rep.component(3)
+    cwe = rep.numbered(13)
+    codings = _codings(cwe, s, table)
+    first_system = cwe[3]
     local_table = not first_system or (table is not None and first_system.upper() in (f"HL7{table}", f"HL7-{table}"))
-    translated = _translated(rep.component(1), s, concept_map) if local_table else None
+    translated = _translated(cwe[1], s, concept_map) if local_table else None
     if translated is not None:
         same = codings and (codings[0].get("system"), codings[0].get("code")) == (
             translated.get("system"),
@@ -759,7 +771,7 @@ def cwe_to_codeable_concept(
     concept: dict[str, Any] = {}
     if codings:
         concept["coding"] = codings
-    text = rep.component(9)
+    text = cwe[9]
     if text:
         concept["text"] = text
     return concept or None
@@ -808,15 +820,16 @@ def _xcn_name(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
 
 
 def _xcn_identifier(rep: Repetition, s: Settings | None) -> dict[str, Any] | None:
-    value = rep.component(1)
+    xcn = rep.numbered(13)  # xcn[n] is XCN.n
+    value = xcn[1]
     if not value:
         return None
     ident: dict[str, Any] = {}
-    ext = _check_digit_extensions(rep.component(11), rep.component(12))
+    ext = _check_digit_extensions(xcn[11], xcn[12])
     if ext:
         ident["extension"] = ext
-    if rep.component(13):
-        ident["type"] = _identifier_type(rep.component(13), s)
+    if xcn[13]:
+        ident["type"] = _identifier_type(xcn[13], s)
     _assign(ident, hd_of(rep, 9), s)
     ident["value"] = value
     return ident
@@ -859,18 +872,19 @@ def xon_to_organization(rep: Repetition, s: Settings | None = None) -> dict[str,
     """IG XON[Organization]: XON.1 → name; XON.10 (else XON.3) → identifier.value;
     XON.4/XON.5 → check-digit extensions; XON.6 → system/assigner; XON.7 → identifier.type."""
     org: dict[str, Any] = {"resourceType": "Organization"}
-    value = rep.component(10) or rep.component(3)
+    xon = rep.numbered(10)  # xon[n] is XON.n
+    value = xon[10] or xon[3]
     if value:
         ident: dict[str, Any] = {}
-        ext = _check_digit_extensions(rep.component(4), rep.component(5))
+        ext = _check_digit_extensions(xon[4], xon[5])
         if ext:
             ident["extension"] = ext
-        if rep.component(7):
-            ident["type"] = _identifier_type(rep.component(7), s)
+        if xon[7]:
+            ident["type"] = _identifier_type(xon[7], s)
         _assign(ident, hd_of(rep, 6), s)
         ident["value"] = value
         org["identifier"] = [ident]
-    name = rep.component(1)
+    name = xon[1]
     if name:
         org["name"] = name
     return org if len(org) > 1 else None

@@ -163,6 +163,9 @@ class MappingContext:
     _occurrence: dict[int, int] = field(default_factory=dict)  # position → n-th of its id
     _urls: dict[str, str] = field(default_factory=dict)  # role → fullUrl (after merging)
     extra: dict[str, Any] = field(default_factory=dict)  # free slot for cooperating mappers
+    # MSH-9.1 / MSH-9.2, read once: mappers ask for them per segment.
+    _message_code: str | None = None
+    _event: str | None = None
 
     def __post_init__(self) -> None:
         counts: dict[str, int] = {}
@@ -173,12 +176,18 @@ class MappingContext:
     @property
     def message_code(self) -> str:
         """MSH-9.1 (ADT, ORU ...)."""
-        return self.message.msh.value(9, 1)
+        code = self._message_code
+        if code is None:
+            code = self._message_code = self.message.msh.value(9, 1)
+        return code
 
     @property
     def event(self) -> str:
         """MSH-9.2 (A01, R01 ...)."""
-        return self.message.msh.value(9, 2)
+        event = self._event
+        if event is None:
+            event = self._event = self.message.msh.value(9, 2)
+        return event
 
     @property
     def structure(self) -> str:

@@ -27,6 +27,8 @@ Public API::
 
     rep.component(1, sub=1) -> str                  # decoded; "" when empty
     rep.subcomponents(1) -> list[str]; rep.components() -> list[str] (first subcomponents)
+    rep.numbered(9) -> list[str]                    # c[n] == rep.component(n) for n in 1..9; c[0] == ""
+    rep.numbered_subcomponents(4, 3) -> list[str]   # s[k] == rep.component(4, k) for k in 1..3
     rep.raw: str; bool(rep) is False when the repetition has no content
 
 Rules:
@@ -47,6 +49,7 @@ Rules:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from channels.mappers.escape import DEFAULT_DELIMITERS, Delimiters, unescape
 from engine.types import MappingError
@@ -70,14 +73,24 @@ _NULL = '""'
 
 
 class Repetition:
-    """One repetition of a field: components split on demand, leaves decoded on read."""
+    """One repetition of a field: components split when it is made, leaves decoded on read
+    (first subcomponents at once when the text holds no escape, null or subcomponent)."""
 
-    __slots__ = ("_comps", "_delims", "raw")
+    __slots__ = ("_comps", "_delims", "_firsts", "raw")
 
     def __init__(self, raw: str, delims: Delimiters) -> None:
         self.raw = raw
         self._delims = delims
-        self._comps: list[str] | None = None
+        comps = raw.split(delims.component) if delims.component else [raw]
+        self._comps = comps  # components as received
+        # Each component's first subcomponent, decoded. Most repetitions hold no
+        # subcomponent separator, escape character or HL7 null: one look at the whole text
+        # then proves every component is its own decoded value.
+        sub_sep, esc = delims.subcomponent, delims.escape
+        if (sub_sep and sub_sep in raw) or (esc and esc in raw) or _NULL in raw:
+            self._firsts = [self._leaf(text, 1) for text in comps]
+        else:
+            self._firsts = comps
 
     def __bool__(self) -> bool:
         return bool(self.raw) and self.raw != _NULL
@@ -85,27 +98,8 @@ class Repetition:
     def __repr__(self) -> str:  # never the value: reprs end up in logs and tracebacks
         return f"Repetition(<{len(self.raw)} chars>)"
 
-    def _components(self) -> list[str]:
-        comps = self._comps
-        if comps is None:
-            sep = self._delims.component
-            comps = self.raw.split(sep) if sep else [self.raw]
-            self._comps = comps
-        return comps
-
-    def component_raw(self, index: int) -> str:
-        """Component `index` (1-based) as received, subcomponents still joined."""
-        comps = self._components()
-        return comps[index - 1] if 0 < index <= len(comps) else ""
-
-    def component(self, index: int, sub: int = 1) -> str:
-        """Decoded subcomponent `sub` of component `index` (both 1-based); "" when empty."""
-        comps = self._comps
-        if comps is None:
-            comps = self._components()
-        if not 0 < index <= len(comps):
-            return ""
-        text = comps[index - 1]  # inlined component_raw: this is the hottest call of every map
+    def _leaf(self, text: str, sub: int) -> str:
+        """Decoded subcomponent `sub` (1-based) of one component's text; "" when empty."""
         if not text:
             return ""
         sep = self._delims.subcomponent
@@ -116,7 +110,23 @@ class Repetition:
             return ""
         if text == _NULL:
             return ""
-        return unescape(text, self._delims)
+        esc = self._delims.escape
+        if esc and esc in text:  # checked here: most leaves hold no escape, and a call costs more
+            return unescape(text, self._delims)
+        return text
+
+    def component_raw(self, index: int) -> str:
+        """Component `index` (1-based) as received, subcomponents still joined."""
+        comps = self._comps
+        return comps[index - 1] if 0 < index <= len(comps) else ""
+
+    def component(self, index: int, sub: int = 1) -> str:
+        """Decoded subcomponent `sub` of component `index` (both 1-based); "" when empty."""
+        if sub == 1:  # the hottest call of every map: one list lookup
+            firsts = self._firsts
+            return firsts[index - 1] if 0 < index <= len(firsts) else ""
+        comps = self._comps
+        return self._leaf(comps[index - 1], sub) if 0 < index <= len(comps) else ""
 
     def subcomponents(self, index: int) -> list[str]:
         """All decoded subcomponents of component `index` (1-based)."""
@@ -125,12 +135,40 @@ class Repetition:
         parts = text.split(sep) if sep else [text]
         return ["" if p == _NULL else unescape(p, self._delims) for p in parts]
 
+    def numbered(self, count: int) -> list[str]:
+        """Components 1..`count` at once, numbered as in the standard: ``c = rep.numbered(9)``
+        gives ``c[n] == rep.component(n)`` for n in 1..9 ("" where absent; ``c[0]`` is "").
+
+        For datatype maps that read most components of a field: one call instead of one each.
+        """
+        values = ["", *self._firsts[:count]]
+        if len(values) <= count:
+            values += [""] * (count + 1 - len(values))
+        return values
+
+    def numbered_subcomponents(self, index: int, count: int) -> list[str]:
+        """Subcomponents 1..`count` of component `index`, numbered like `numbered`:
+        ``s[k] == rep.component(index, k)`` for k in 1..count; ``s[0]`` is ""."""
+        comps = self._comps
+        text = comps[index - 1] if 0 < index <= len(comps) else ""
+        sep = self._delims.subcomponent
+        if sep and sep in text:
+            values = ["", *[self._leaf(part, 1) for part in text.split(sep)[:count]]]
+            if len(values) <= count:
+                values += [""] * (count + 1 - len(values))
+        else:  # one subcomponent: the component's first leaf
+            values = [""] * (count + 1)
+            firsts = self._firsts
+            if count > 0 and 0 < index <= len(firsts):
+                values[1] = firsts[index - 1]
+        return values
+
     def components(self) -> list[str]:
         """Every component's first subcomponent, decoded."""
-        return [self.component(i) for i in range(1, len(self._components()) + 1)]
+        return list(self._firsts)
 
     def component_count(self) -> int:
-        return len(self._components())
+        return len(self._comps)
 
     def text(self) -> str:
         """The whole repetition decoded as one string (for ST/TX/FT fields)."""
@@ -140,7 +178,7 @@ class Repetition:
 class Segment:
     """One segment; field n is ``_fields[n]`` (for MSH, ``_fields[1]`` is MSH-1)."""
 
-    __slots__ = ("_fields", "_reps", "delims", "id", "position", "used")
+    __slots__ = ("_blank", "_every", "_fields", "_is_header", "_plain", "_present", "delims", "id", "position", "used")
 
     def __init__(self, fields: list[str], delims: Delimiters, position: int) -> None:
         self.id = fields[0]
@@ -148,7 +186,15 @@ class Segment:
         self.delims = delims
         self.position = position
         self.used: set[int] = set()
-        self._reps: dict[int, list[Repetition]] = {}
+        self._is_header = self.id in _HEADER_IDS  # MSH-1/MSH-2 are the delimiters themselves
+        self._plain = _plain_text_check(delims)
+        # Repetitions per field number (all of them, and the non-empty ones), split on the
+        # first read of that field: mappers test a field with field(n) and then read it
+        # with rep(n), so each field is split once. The lists are shared between callers,
+        # who only read them.
+        self._every: list[list[Repetition] | None] | None = None
+        self._present: list[list[Repetition] | None] | None = None
+        self._blank: Repetition | None = None  # what rep() returns for an absent repetition
 
     def __repr__(self) -> str:
         return f"Segment({self.id}, {len(self._fields) - 1} fields, at {self.position})"
@@ -167,39 +213,83 @@ class Segment:
         fields = self._fields
         return fields[number] if 0 < number < len(fields) else ""
 
-    def all_repetitions(self, number: int) -> list[Repetition]:
-        """Every repetition of field `number` by position, empty ones included ([] if the field is empty)."""
-        reps = self._reps.get(number)
+    def _repetitions(self, number: int) -> list[Repetition]:
+        """Every repetition of field `number` (0 < number < len(fields)), split once; not marked used."""
+        every = self._every
+        if every is None:
+            every = self._every = [None] * len(self._fields)
+        reps = every[number]
         if reps is None:
-            text = self.raw(number)
+            text = self._fields[number]
+            rep_sep = self.delims.repetition
             if not text:
                 reps = []
+            elif not rep_sep or rep_sep not in text or (self._is_header and number < 3):
+                reps = [Repetition(text, self.delims)]
             else:
-                rep_sep = self.delims.repetition
-                is_msh_delims = self.id in _HEADER_IDS and number in (1, 2)
-                parts = [text] if is_msh_delims or not rep_sep else text.split(rep_sep)
-                reps = [Repetition(p, self.delims) for p in parts]
-            self._reps[number] = reps
-        else:
-            self.used.add(number)
+                reps = [Repetition(part, self.delims) for part in text.split(rep_sep)]
+            every[number] = reps
         return reps
 
+    # Only a present field is marked used: unused_fields() looks at nothing else, and the
+    # maps ask for many absent fields (PV1-45, OBX-29 ...), so their answer stays short.
+
+    def all_repetitions(self, number: int) -> list[Repetition]:
+        """Every repetition of field `number` by position, empty ones included ([] if the field is empty).
+
+        The list is shared by every caller: read it, do not change it.
+        """
+        fields = self._fields
+        if 0 < number < len(fields) and fields[number]:
+            self.used.add(number)
+            return self._repetitions(number)
+        return []
+
     def field(self, number: int) -> list[Repetition]:
-        """Non-empty repetitions of field `number`, in order ([] when the field is empty)."""
-        return [r for r in self.all_repetitions(number) if r]
+        """Non-empty repetitions of field `number`, in order ([] when the field is empty).
+
+        The list is shared by every caller: read it, do not change it.
+        """
+        fields = self._fields
+        if not (0 < number < len(fields) and fields[number]):
+            return []
+        self.used.add(number)
+        present_by_number = self._present
+        if present_by_number is None:
+            present_by_number = self._present = [None] * len(fields)
+        present = present_by_number[number]
+        if present is None:
+            reps = self._repetitions(number)
+            single = len(reps) == 1 and reps[0].raw != _NULL
+            present = reps if single else [r for r in reps if r.raw and r.raw != _NULL]  # bool(r), no call each
+            present_by_number[number] = present
+        return present
 
     def rep(self, number: int, repetition: int = 1) -> Repetition:
         """Repetition `repetition` (1-based, by position) of field `number`; empty when absent."""
-        reps = self.all_repetitions(number)
-        if 0 < repetition <= len(reps):
-            return reps[repetition - 1]
-        return Repetition("", self.delims)
+        fields = self._fields
+        if 0 < number < len(fields) and fields[number]:
+            self.used.add(number)
+            reps = self._repetitions(number)
+            if 0 < repetition <= len(reps):
+                return reps[repetition - 1]
+        blank = self._blank
+        if blank is None:  # one per segment: a Repetition never changes once made
+            blank = self._blank = Repetition("", self.delims)
+        return blank
 
     def value(self, number: int, component: int = 1, sub: int = 1) -> str:
         """Decoded text of field `number`, first repetition, component, subcomponent; "" if empty."""
-        if self.id in _HEADER_IDS and number in (1, 2):
-            return self.raw(number)
-        return self.rep(number).component(component, sub)
+        fields = self._fields
+        if not (0 < number < len(fields) and fields[number]):
+            return ""
+        self.used.add(number)
+        text = fields[number]
+        if self._is_header and number < 3:
+            return text  # MSH-1 / MSH-2 are the delimiters, as received
+        if component == 1 and sub == 1 and self._plain(text) is None:
+            return text  # no delimiter, escape or null in it: the text is its own first leaf
+        return self._repetitions(number)[0].component(component, sub)
 
     def get(self, path: str) -> str:
         """Decoded value at a path like ``"3"``, ``"3.1"``, ``"3.4.2"`` or ``"3(2).1"``."""
@@ -210,7 +300,7 @@ class Segment:
         repetition = int(match.group(2) or 1)
         component = int(match.group(3) or 1)
         sub = int(match.group(4) or 1)
-        if self.id in _HEADER_IDS and number in (1, 2):
+        if self._is_header and number in (1, 2):
             return self.raw(number)
         return self.rep(number, repetition).component(component, sub)
 
@@ -224,14 +314,15 @@ class Segment:
 
     def present_fields(self) -> list[int]:
         """Numbers of fields with content (MSH-1/MSH-2 excluded: they are the delimiters)."""
-        start = 3 if self.id in _HEADER_IDS else 1
+        start = 3 if self._is_header else 1
         fields = self._fields
         return [n for n in range(start, len(fields)) if fields[n] and fields[n] != _NULL]
 
     def unused_fields(self) -> list[int]:
         """Present fields that no accessor has read."""
-        used = self.used
-        return [n for n in self.present_fields() if n not in used]
+        start = 3 if self._is_header else 1
+        fields, used = self._fields, self.used
+        return [n for n in range(start, len(fields)) if n not in used and fields[n] and fields[n] != _NULL]
 
 
 class V2Message:
@@ -262,10 +353,31 @@ class V2Message:
         return found[0] if found else None
 
 
+_PLAIN_CHECKS: dict[Delimiters, Callable[[str], object]] = {}
+
+
+def _plain_text_check(delims: Delimiters) -> Callable[[str], object]:
+    """A search for anything that makes a field's text more than one plain value: a
+    component, repetition or subcomponent separator, the escape character, or the HL7
+    null. Returns None when the text holds none of them. One per delimiter set (bounded:
+    delimiters come from messages, and a new set only costs a compile)."""
+    check = _PLAIN_CHECKS.get(delims)
+    if check is None:
+        marks = [delims.component, delims.repetition, delims.escape, delims.subcomponent, _NULL]
+        check = re.compile("|".join(re.escape(mark) for mark in marks if mark)).search
+        if len(_PLAIN_CHECKS) < 64:
+            _PLAIN_CHECKS[delims] = check
+    return check
+
+
 def _lines(text: str) -> list[str]:
     if text.startswith("\ufeff"):
         text = text[1:]
-    return [line for line in _LINE_BREAKS.split(text) if line.strip()]
+    # CR alone (the standard terminator) needs no regular expression. A line is kept when
+    # it holds something other than whitespace (`not line.isspace()` is `line.strip()`
+    # without building the stripped copy).
+    lines = text.split("\r") if "\n" not in text else _LINE_BREAKS.split(text)
+    return [line for line in lines if line and not line.isspace()]
 
 
 def _delimiters(header_line: str) -> Delimiters:
@@ -276,8 +388,24 @@ def _delimiters(header_line: str) -> Delimiters:
     if field_sep.isalnum() or field_sep.isspace():
         raise MappingError("invalid field separator", segment="MSH", field="1")
     enc_end = header_line.find(field_sep, 4)
-    enc = header_line[4:] if enc_end < 0 else header_line[4:enc_end]
-    chars = [*enc[:5]] + [""] * (5 - min(len(enc), 5))
+    enc = (header_line[4:] if enc_end < 0 else header_line[4:enc_end])[:5]
+    key = field_sep + enc
+    known = _KNOWN_DELIMITERS.get(key)
+    if known is not None:
+        return known
+    delims = _new_delimiters(field_sep, enc)
+    if len(_KNOWN_DELIMITERS) < 64:
+        _KNOWN_DELIMITERS[key] = delims
+    return delims
+
+
+# MSH-1 + the first five characters of MSH-2 → their Delimiters: nearly every message uses
+# "|^~\&" (bounded: delimiters come from messages).
+_KNOWN_DELIMITERS: dict[str, Delimiters] = {}
+
+
+def _new_delimiters(field_sep: str, enc: str) -> Delimiters:
+    chars = [*enc] + [""] * (5 - len(enc))
     component, repetition, escape_char, subcomponent, truncation = chars
     used = {field_sep}
     cleaned: list[str] = []

@@ -46,6 +46,7 @@ VOCAB_DIR = Path(__file__).resolve().parents[1] / "vocab"
 CODING_SYSTEMS = "CodingSystems"
 _HL7_TABLE = re.compile(r"^HL7(\d{4})$")
 _TABLE_NUMBER = re.compile(r"^\d{4}$")
+_SYSTEM_MEMO_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,10 @@ class Vocabulary:
         self._tables = tables
         coding = tables.get(CODING_SYSTEMS)
         self._coding_systems = {k: c.system for k, c in coding.concepts.items()} if coding else {}
+        # coding_system() answers by name, the same for the life of this Vocabulary: names
+        # (LN, UCUM, HL70078 ...) are few, kept here once seen; bounded because they come
+        # from messages.
+        self._system_memo: dict[str, str | None] = {}
 
     def lookup(self, map_name: str, code: str) -> Concept | None:
         """Target concept of `code` in concept map `map_name` (or v2 table number); None if unmapped."""
@@ -171,15 +176,18 @@ class Vocabulary:
         """
         if not name:
             return None
+        if name in self._system_memo:
+            return self._system_memo[name]
         known = self._coding_systems.get(name) or self._coding_systems.get(name.upper())
-        if known:
-            return known
-        match = _HL7_TABLE.match(name.replace("-", "").upper())
-        if match:
-            return v2_table_system(match.group(1))
-        if name.startswith(("http://", "https://", "urn:")):
-            return name
-        return None
+        if not known:
+            match = _HL7_TABLE.match(name.replace("-", "").upper())
+            if match:
+                known = v2_table_system(match.group(1))
+            elif name.startswith(("http://", "https://", "urn:")):
+                known = name
+        if len(self._system_memo) < _SYSTEM_MEMO_SIZE:
+            self._system_memo[name] = known or None
+        return known or None
 
 
 @lru_cache(maxsize=32)

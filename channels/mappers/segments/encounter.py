@@ -113,7 +113,7 @@ def pl_to_location(rep: Repetition, seg: Segment, ctx: MappingContext, kind: str
     identifier[2] of the most granular Location; PL.5 → its status when a FHIR code;
     PL.11 (HD[Organization]) → identifier.assigner of every level, PL.10's when EI.2-4 is empty.
     """
-    levels = [(comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp, 1) or rep.component(comp, 2)]
+    levels = [(comp, code) for comp, code, _ in _PL_LEVELS if rep.component(comp) or rep.component(comp, 2)]
     if not levels:
         return _unleveled_location(rep, seg, ctx, kind)
     # PL.11 → identifier.assigner of every level (and PL.10's default assigner)

@@ -69,6 +69,10 @@ _RESULT_MESSAGES = frozenset({"ORU", "OUL"})
 _TEXT_TYPES = frozenset({"ST", "TX", "FT"})
 _CODED_TYPES = frozenset({"CWE", "CE", "CNE", "CF"})
 
+_TM = re.compile(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")  # v2 TM
+_NUMERIC_RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$")  # OBX-7 "low-high"
+_NUMERIC_BOUND = re.compile(r"^\s*([<>])=?\s*(\d+(?:\.\d+)?)\s*$")  # OBX-7 "<high" / ">low"
+
 _ORC = "orders.orc"  # ctx.extra: the ORC segment waiting for its OBR/RXA
 _GROUP_OBSERVATIONS = "orders.observations"  # ctx.extra: Observation urls of the current OBR group
 _OBR_SPECIMEN = "orders.obr_specimen"  # ctx.extra: the Specimen of the current OBR (result messages)
@@ -163,9 +167,12 @@ def _concept(
 def _concepts(
     seg: Segment, number: int, ctx: MappingContext, concept_map: str | None = None, table: str | None = None
 ) -> list[dict[str, Any]]:
-    return [
-        c for c in (dt.cwe_to_codeable_concept(r, ctx.settings, concept_map, table) for r in seg.field(number)) if c
-    ]
+    concepts = []
+    for rep in seg.field(number):
+        concept = dt.cwe_to_codeable_concept(rep, ctx.settings, concept_map, table)
+        if concept:
+            concepts.append(concept)
+    return concepts
 
 
 def _patient_ref(ctx: MappingContext) -> dict[str, Any] | None:
@@ -675,7 +682,7 @@ def _unit_quantity(units: Repetition | None, ctx: MappingContext) -> dict[str, A
     """IG CWE[Quantity] (OBX-6): code = CWE.1 and system = CWE.3 when both valued; unit = CWE.2 or CWE.1."""
     if units is None or not units:
         return {}
-    code, text, system_name = units.component(1), units.component(2), units.component(3)
+    _, code, text, system_name = units.numbered(3)
     out: dict[str, Any] = {}
     unit = text or code
     if unit:
@@ -693,7 +700,7 @@ def _quantity(value: int | float, units: Repetition | None, ctx: MappingContext)
 
 def _time_value(text: str) -> str | None:
     """v2 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time HH:MM:SS (the offset cannot be kept)."""
-    match = re.match(r"^(\d{2})(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$", text.strip())
+    match = _TM.match(text.strip())
     if not match or int(match.group(1)) > 23:
         return None
     minutes, seconds = match.group(2) or "00", match.group(3) or "00"
@@ -804,14 +811,14 @@ def _reference_range(text: str, units: Repetition | None, ctx: MappingContext) -
     """IG OBX-7 → referenceRange.text; plus low/high when the text is a plain numeric range."""
     out: dict[str, Any] = {}
     unit = _unit_quantity(units, ctx)
-    match = re.match(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$", text)
+    match = _NUMERIC_RANGE.match(text)
     if match:
         low, high = dt.nm_to_number(match.group(1)), dt.nm_to_number(match.group(2))
         if low is not None and high is not None:
             out["low"] = {"value": low, **unit}
             out["high"] = {"value": high, **unit}
     else:
-        bound = re.match(r"^\s*([<>])=?\s*(\d+(?:\.\d+)?)\s*$", text)
+        bound = _NUMERIC_BOUND.match(text)
         number = dt.nm_to_number(bound.group(2)) if bound else None
         if bound and number is not None:
             out["high" if bound.group(1) == "<" else "low"] = {"value": number, **unit}
@@ -854,6 +861,16 @@ def _put_value(target: dict[str, Any], element: str, value: Any) -> None:
             target["_" + element] = ext
     else:
         target[element] = value
+
+
+def _has_value(observation: dict[str, Any]) -> bool:
+    """True when OBX-5 gave the Observation a value[x] or components."""
+    if "component" in observation:
+        return True
+    for element in observation:  # noqa: SIM110 (a loop, not any(genexpr): this runs for every OBX)
+        if element.startswith("value"):
+            return True
+    return False
 
 
 def _has_attachment(observation: dict[str, Any]) -> bool:
@@ -978,7 +995,7 @@ def obx_to_observation(seg: Segment, ctx: MappingContext) -> None:
         observation["focus"] = [ctx.bundle.reference(about_specimen)]
     if value_type or seg.field(5):
         _set_value(observation, value_type, seg, ctx)  # IG OBX-5 (by OBX-2) + OBX-6
-    has_value = any(k.startswith("value") for k in observation) or "component" in observation
+    has_value = _has_value(observation)
     if not has_value and "dataAbsentReason" not in observation and not _has_attachment(observation):
         # No result in OBX-5 and no reason in OBX-11: say so rather than leave it implicit.
         observation["dataAbsentReason"] = {

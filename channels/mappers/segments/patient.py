@@ -130,19 +130,35 @@ def _names(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
     return names
 
 
+# Plain loops in these per-field helpers: they run for most fields of PID, NK1, MRG, and a
+# generator inside a comprehension costs two frames per call.
+
+
 def _telecom(seg: Segment, number: int, s: Settings, default_use: str | None = None) -> list[dict[str, Any]]:
-    points = (xtn_to_contact_point(rep, s, default_use) for rep in seg.field(number))
-    return [p for p in points if p is not None]
+    points = []
+    for rep in seg.field(number):
+        point = xtn_to_contact_point(rep, s, default_use)
+        if point is not None:
+            points.append(point)
+    return points
 
 
 def _addresses(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
-    found = (xad_to_address(rep, s) for rep in seg.field(number))
-    return [a for a in found if a is not None]
+    addresses = []
+    for rep in seg.field(number):
+        address = xad_to_address(rep, s)
+        if address is not None:
+            addresses.append(address)
+    return addresses
 
 
 def _identifiers(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
-    found = (cx_to_identifier(rep, s) for rep in seg.field(number))
-    return [i for i in found if i is not None]
+    identifiers = []
+    for rep in seg.field(number):
+        identifier = cx_to_identifier(rep, s)
+        if identifier is not None:
+            identifiers.append(identifier)
+    return identifiers
 
 
 # ---------------------------------------------------------------- race and ethnicity
