@@ -30,6 +30,7 @@ Choices where the IG leaves room:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from channels.mappers.datatypes import (
@@ -143,22 +144,20 @@ def _telecom(seg: Segment, number: int, s: Settings, default_use: str | None = N
     return points
 
 
+def _each_repetition(
+    seg: Segment, number: int, s: Settings,
+    datatype_map: Callable[[Repetition, Settings], dict[str, Any] | None],
+) -> list[dict[str, Any]]:
+    """`datatype_map` over every repetition of field `number`, the ones it maps."""
+    return [element for rep in seg.field(number) if (element := datatype_map(rep, s)) is not None]
+
+
 def _addresses(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
-    addresses = []
-    for rep in seg.field(number):
-        address = xad_to_address(rep, s)
-        if address is not None:
-            addresses.append(address)
-    return addresses
+    return _each_repetition(seg, number, s, xad_to_address)
 
 
 def _identifiers(seg: Segment, number: int, s: Settings) -> list[dict[str, Any]]:
-    identifiers = []
-    for rep in seg.field(number):
-        identifier = cx_to_identifier(rep, s)
-        if identifier is not None:
-            identifiers.append(identifier)
-    return identifiers
+    return _each_repetition(seg, number, s, cx_to_identifier)
 
 
 # ---------------------------------------------------------------- race and ethnicity
