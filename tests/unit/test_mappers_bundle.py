@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from channels.mappers.bundle import URI_SYSTEM, BundleBuilder
+from channels.mappers.bundle import _NAMESPACE, URI_SYSTEM, BundleBuilder, _quote
 from tests.unit.test_mappers_helpers import validate_resource
 
 
@@ -133,3 +137,39 @@ class TestR5Adapters:
         assert organization["contact"][1] == {"telecom": [{"system": "phone", "value": "1"}], "address": {"city": "X"}}
         for resource in (organization, coverage):
             validate_resource(resource, "R5")
+
+
+class TestShortcutsMatchTheirReference:
+    """full_url, _quote and _prune take shortcuts for speed; each must give what the plain way gives."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(identity=st.text(max_size=70), role=st.text(max_size=40))
+    def test_full_url_is_uuid5(self, identity: str, role: str) -> None:
+        """fullUrl = urn:uuid: + uuid.uuid5(namespace, identity|role), byte for byte."""
+        expected = "urn:uuid:" + str(uuid.uuid5(_NAMESPACE, f"{identity}|{role}"))
+        assert expected == BundleBuilder(identity).full_url(role)
+
+    @settings(max_examples=500, deadline=None)
+    @given(text=st.text(alphabet=st.characters(codec="utf-8"), max_size=30), safe=st.sampled_from(["", ":/"]))
+    def test_quote_is_urllib_quote(self, text: str, safe: str) -> None:
+        """Identifier systems and values are escaped exactly as urllib.parse.quote escapes them."""
+        assert quote(text, safe=safe) == _quote(text, safe)
+
+    def test_prune_cascades_and_keeps_zero_and_false(self) -> None:
+        """A container emptied by pruning goes too; 0, 0.0 and False are values, not empties."""
+        resource: dict[str, Any] = {
+            "resourceType": "Observation",
+            "valueQuantity": {"value": 0, "unit": ""},
+            "component": [{"code": {"coding": [{"system": "", "code": None}]}}, {"valueBoolean": False}, ""],
+            "note": [[], {}, None],
+            "extension": [{"url": "u", "valueDecimal": 0.0}],
+        }
+        builder = BundleBuilder("m")
+        builder.add(resource, "o")
+        pruned = _entry(builder.build())["resource"]
+        assert {k: v for k, v in pruned.items() if k != "identifier"} == {
+            "resourceType": "Observation",
+            "valueQuantity": {"value": 0},
+            "component": [{"valueBoolean": False}],
+            "extension": [{"url": "u", "valueDecimal": 0.0}],
+        }

@@ -11,6 +11,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from channels.mappers.datatypes import (
+    _DTM_MEMO,
+    _DTM_MEMO_SIZE,
     HD,
     ORIGINAL_TEXT,
     SD,
@@ -22,6 +24,7 @@ from channels.mappers.datatypes import (
     dtm_to_datetime,
     dtm_to_instant,
     ei_to_identifier,
+    forget_message_dates,
     hd_to_identifiers,
     hd_to_system,
     hd_to_uri,
@@ -134,6 +137,39 @@ class TestDtmToDatetime:
         assert dtm_to_instant("20240101", S) is None
         utc = datetime.fromisoformat(dtm_to_instant("20240101120000+0000", S) or "")
         assert utc.tzinfo is not None and utc.utcoffset() == UTC.utcoffset(None)
+
+
+class TestDtmMemo:
+    """dtm_to_datetime keeps results per message (same text, same zone → same answer)."""
+
+    def test_same_text_under_two_zones_gives_two_answers(self) -> None:
+        """The memo is keyed by zone too: one channel's offset never leaks into another's."""
+        forget_message_dates()
+        chicago, kolkata = settings(timezone="America/Chicago"), settings(timezone="Asia/Kolkata")
+        results = [dtm_to_datetime("202401151200", s) for s in (chicago, kolkata, None, chicago)]
+        assert [r.value if r else None for r in results] == [
+            "2024-01-15T12:00:00-06:00",
+            "2024-01-15T12:00:00+05:30",
+            "2024-01-15",
+            "2024-01-15T12:00:00-06:00",
+        ]
+        assert results[2] is not None and results[2].original == "202401151200"
+
+    def test_memo_is_emptied_per_message_and_bounded(self) -> None:
+        """forget_message_dates() empties it (convert_message calls it); a long message cannot grow it unbounded."""
+        forget_message_dates()
+        days = [f"2024{month:02d}{day:02d}" for month in range(1, 13) for day in range(1, 29)]
+        assert len(days) > _DTM_MEMO_SIZE
+        assert [dtm_to_datetime(day, S) for day in days] == [dtm_to_datetime(day, None) for day in days]
+        assert 0 < len(_DTM_MEMO) <= _DTM_MEMO_SIZE
+        forget_message_dates()
+        assert not _DTM_MEMO
+
+    def test_digits_of_other_scripts_are_written_in_ascii(self) -> None:
+        """\\d in the DTM pattern also matches e.g. Arabic-Indic digits: the FHIR text is ASCII."""
+        result = dtm_to_datetime("٢٠٢٤٠١١٥١٢٠٠-0500", S)
+        assert result is not None and result.value == "2024-01-15T12:00:00-05:00"
+        assert dt_to_date("٢٠٢٤٠١١٥") == "2024-01-15"
 
 
 class TestDtToDate:

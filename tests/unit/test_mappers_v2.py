@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from channels.mappers.escape import Delimiters, escape
-from channels.mappers.v2 import parse_message, split_messages, value
+from channels.mappers.v2 import Segment, parse_message, split_messages, value
 from engine.types import MappingError
 
 MSH = "MSH|^~\\&|SENDAPP|SENDFAC|RCVAPP|RCVFAC|20240101120000-0500||ADT^A01^ADT_A01|CTRL1|P|2.5.1"
@@ -144,3 +144,77 @@ class TestSplitMessages:
         parts = split_messages(text)
         assert len(parts) == 2
         assert parts[1].startswith("MSH|") and "PID|2" in parts[1] and "BTS" not in parts[1]
+
+
+# Fields with empty repetitions, HL7 nulls and escapes, so every accessor's shortcut meets them.
+_odd_leaf = st.one_of(_leaf, st.just('""'), st.just(""))
+_odd_fields = st.lists(
+    st.lists(st.lists(st.lists(_odd_leaf, min_size=1, max_size=3), min_size=1, max_size=4), min_size=1, max_size=3),
+    min_size=1,
+    max_size=5,
+)
+
+
+def _zzz(fields: list[list[list[list[str]]]], d: Delimiters) -> str:
+    """A message whose ZZZ segment holds `fields`; a null leaf is written as the null itself."""
+
+    def leaf(text: str) -> str:
+        return text if text == '""' else escape(text, d)
+
+    built = [
+        d.repetition.join(d.component.join(d.subcomponent.join(leaf(x) for x in comp) for comp in rep) for rep in reps)
+        for reps in fields
+    ]
+    return _msh(d) + "\r" + d.field.join(["ZZZ", *built]) + "\r"
+
+
+class TestAccessorsAgree:
+    """The accessors share split results and take shortcuts (plain text, numbered lists); each
+    must read what the general path rep(n, r).component(c, s) reads, in any order."""
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(fields=_odd_fields, d=_delimiter_sets)
+    def test_value_field_and_numbered_match_component(self, fields: list[list[list[list[str]]]], d: Delimiters) -> None:
+        """value(), field(), numbered() and numbered_subcomponents() agree with component() on fresh segments."""
+        text = _zzz(fields, d)
+
+        def fresh() -> Segment:
+            seg = parse_message(text).first("ZZZ")
+            assert seg is not None
+            return seg
+
+        reference = fresh()
+        for number in range(0, len(fields) + 3):
+            reps = reference.all_repetitions(number)
+            assert [r.raw for r in fresh().field(number)] == [r.raw for r in reps if r]
+            for component in range(1, 6):
+                for sub in range(1, 5):
+                    assert fresh().value(number, component, sub) == reference.rep(number).component(component, sub)
+            for r_no in range(1, len(reps) + 2):
+                rep = fresh().rep(number, r_no)
+                general = reference.rep(number, r_no)
+                numbered = rep.numbered(5)
+                assert numbered[0] == "" and len(numbered) == 6
+                for component in range(1, 6):
+                    assert numbered[component] == general.component(component)
+                    subs = rep.numbered_subcomponents(component, 3)
+                    assert subs == ["", *(general.component(component, sub) for sub in (1, 2, 3))]
+
+    def test_absent_fields_read_as_empty_and_are_not_reported(self) -> None:
+        """Reading fields a segment does not have gives empty values and changes no accounting."""
+        pid = parse_message(MSH + "\rPID|1||123\r").first("PID")
+        assert pid is not None
+        assert (pid.value(45), pid.field(45), pid.all_repetitions(0), pid.value(-1)) == ("", [], [], "")
+        assert not pid.rep(45) and pid.rep(45).component(1) == ""
+        assert pid.unused_fields() == [1, 3]
+        pid.value(3)
+        assert pid.unused_fields() == [1]
+
+    def test_repeated_reads_share_the_split(self) -> None:
+        """A field is split once: field(), rep() and all_repetitions() hand out the same objects."""
+        pid = parse_message(MSH + "\rPID|1||A~~B\r").first("PID")
+        assert pid is not None
+        every = pid.all_repetitions(3)
+        assert [r.raw for r in every] == ["A", "", "B"]
+        assert pid.field(3) == [every[0], every[2]] and pid.field(3) is pid.field(3)
+        assert pid.rep(3, 3) is every[2]

@@ -57,3 +57,22 @@ class TestVocabulary:
         with pytest.raises(ConfigError) as info:
             Vocabulary({"NoSuchMap": {"A": "b"}})
         assert "code_tables.NoSuchMap" in str(info.value)
+
+
+class TestCodingSystemMemo:
+    def test_answers_do_not_change_once_remembered(self) -> None:
+        """coding_system() keeps its answers per name (known, table, URI, unknown) and stays bounded."""
+        vocab = Vocabulary()
+        names = ["LN", "ln", "HL7-0078", "urn:oid:1.2", "NOT-A-SYSTEM", ""]
+        first = [vocab.coding_system(n) for n in names]
+        assert first == [vocab.coding_system(n) for n in names]
+        assert first[:4] == [
+            "http://loinc.org",
+            "http://loinc.org",
+            "http://terminology.hl7.org/CodeSystem/v2-0078",
+            "urn:oid:1.2",
+        ] and first[4:] == [None, None]
+        for number in range(3000):
+            vocab.coding_system(f"LOCAL{number}")
+        assert vocab.coding_system("LN") == "http://loinc.org"
+        assert len(vocab._system_memo) <= 1024
