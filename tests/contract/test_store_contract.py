@@ -132,7 +132,8 @@ class TestGroupCommit:
         resends = [inbound("DUP", ack=f"ACK{i}".encode()) for i in range(8)]
         results = await asyncio.gather(*(store.ingest([item]) for item in distinct + resends))
         commits = commits_so_far() - before
-        assert 1 <= commits < 64
+        # Coalesced: 64 callers, fewer commits (at least one happened).
+        assert commits in range(1, 64), f"{commits} commits for 64 concurrent ingests"
         stored = [r for (r,) in results[:56]]
         assert ["stored"] * 56 == [r.outcome for r in stored]
         assert 56 == len({r.message_id for r in stored})
@@ -140,7 +141,8 @@ class TestGroupCommit:
             message = await store.get(result.message_id)
             assert message is not None and item.raw == message.raw
         dup_results = [r for (r,) in results[56:]]
-        assert 1 == sum(r.outcome == "stored" for r in dup_results)
+        # The first of 8 identical resends is stored; the other 7 are its duplicates.
+        assert ["duplicate"] * 7 + ["stored"] == sorted(r.outcome for r in dup_results)
         original = next(r for r in dup_results if r.outcome == "stored")
         assert {original.message_id} == {r.message_id for r in dup_results}
         assert {original.ack} == {r.ack for r in dup_results}
@@ -166,7 +168,9 @@ class TestLease:
         """Messages of another channel are never handed out."""
         await store.ingest([inbound("C1", channel="orders")])
         assert [] == await leased_ids(store)
-        assert 1 == len(await leased_ids(store, channel="orders"))
+        (order,) = await ingest_ids(store, inbound("C2", channel="orders"))
+        leased_orders = await leased_ids(store, channel="orders")
+        assert 2 == len(leased_orders) and order in leased_orders
 
     async def test_zero_limit_leases_nothing(self, store: Store) -> None:
         """limit 0 returns nothing and changes nothing."""
@@ -286,7 +290,8 @@ class TestDeadLetter:
         dead = await store.get(mid)
         assert dead is not None and (Status.DEAD, "mapping failed: PID-3") == (dead.status, dead.last_error)
         assert [] == await leased_ids(store)
-        assert 1 == await store.requeue([mid])
+        requeued = await store.requeue([mid])
+        assert requeued == len([mid]), "requeue reports the one dead message it moved"
         replay = await store.get(mid)
         assert replay is not None and (Status.RECEIVED, 0) == (replay.status, replay.attempts)
         assert [mid] == await leased_ids(store)
@@ -296,7 +301,8 @@ class TestDeadLetter:
         dead, live = await ingest_ids(store, inbound("C1", key="a"), inbound("C2", key="b"))
         await leased_ids(store, 1)
         await store.dead_letter(dead, "permanent")
-        assert 1 == await store.release([dead, live])
+        released_count = await store.release([dead, live])
+        assert released_count == len([dead]), "only the dead one of the two is released"
         released, received = await store.get(dead), await store.get(live)
         assert released is not None and received is not None
         assert (Status.RELEASED, Status.RECEIVED) == (released.status, received.status)
