@@ -51,6 +51,20 @@ async def pool() -> AsyncIterator[WorkerPool]:
     await workers.close(timeout_s=5)
 
 
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[11]) + int(fields[12])
+
+
+async def until_busy(pid: int, timeout_s: float = 30.0) -> None:
+    """Poll (no event exists for another process's CPU use) until `pid` is working on a chunk."""
+    start = cpu_ticks(pid)
+    deadline = time.monotonic() + timeout_s
+    while cpu_ticks(pid) < start + 5:  # 5 clock ticks of CPU: it has read the chunk and is mapping
+        assert time.monotonic() < deadline, "the worker never started on the chunk"
+        await asyncio.sleep(0.01)
+
+
 def worker_pids(pool: WorkerPool) -> list[int]:
     return [w.process.pid for w in pool._all]
 
@@ -71,7 +85,7 @@ class TestWorkerPool:
         """SIGKILL mid-chunk: that chunk raises TransientError (the runner retries); the next one works."""
         (pid,) = worker_pids(pool)
         call = asyncio.ensure_future(pool.submit(SPEC, chunk(1, 400)))
-        await asyncio.sleep(0.2)  # the worker is busy with the chunk
+        await until_busy(pid)
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(TransientError):
             await asyncio.wait_for(call, 30)
@@ -82,8 +96,8 @@ class TestWorkerPool:
     async def test_a_cancelled_call_never_hands_its_reply_to_the_next_caller(self, pool: WorkerPool) -> None:
         """Cancelled mid-call, the worker is replaced: the next caller gets its own messages back."""
         (pid,) = worker_pids(pool)
-        call = asyncio.ensure_future(pool.submit(SPEC, chunk(1, 200)))
-        await asyncio.sleep(0.1)
+        call = asyncio.ensure_future(pool.submit(SPEC, chunk(1, 400)))
+        await until_busy(pid)
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
