@@ -219,7 +219,7 @@ async def kill_while_holding_leases(process: EngineProcess, url: str, *, instanc
                 # A frozen process sends nothing new, but a COMMIT it sent just before
                 # the stop may still be landing at the server: let it land before
                 # reading, or a message completed by this instance counts as held.
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.05)  # loopback: bytes already sent arrive well within this
                 held = await leases_of(conn, instance_id)
                 if held:
                     process.kill()
